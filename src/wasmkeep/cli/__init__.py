@@ -1,0 +1,1 @@
+"""The `wasmkeep` command line."""

@@ -1,0 +1,120 @@
+"""`wasmkeep run`: run a workload in a keep."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import click
+
+from wasmkeep.cli._errors import report_errors
+from wasmkeep.errors import ConfigError
+
+__all__ = ["run", "exit_code"]
+
+BACKENDS = ("nil",)
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1048576' -> bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ConfigError(f"--max-memory: expected a size like 512M or 2G, got {text!r}")
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not 64 * 1024 <= value <= 4 << 30:
+        raise ConfigError(f"--max-memory: expected between 64K and 4G, got {text!r}")
+    return value
+
+
+def exit_code(status: int) -> int:
+    """A guest's exit status as a process exit code: the low byte, as Unix
+    keeps it, except that a failure never turns into success."""
+    code = status & 0xFF
+    return 1 if status and not code else code
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Keep to run in; default: the most isolating one available.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Workload config (Enarx.toml format).",
+)
+@click.option(
+    "--dir",
+    "dirs",
+    multiple=True,
+    metavar="HOST[::GUEST]",
+    help="Preopen a host directory read-write (as the guest path; default the same).",
+)
+@click.option(
+    "--dir-ro",
+    "readonly_dirs",
+    multiple=True,
+    metavar="HOST[::GUEST]",
+    help="Preopen a host directory read-only.",
+)
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Set a guest variable.")
+@click.option(
+    "--max-memory",
+    default="2G",
+    show_default=True,
+    metavar="SIZE",
+    help="Ceiling on the guest's linear memory.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit, seconds."
+)
+@click.option("--no-cache", is_flag=True, help="Compile the module even if a cached copy exists.")
+@click.argument("module", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@report_errors
+def run(
+    backend: str | None,
+    config_path: str | None,
+    dirs: tuple[str, ...],
+    readonly_dirs: tuple[str, ...],
+    env: tuple[str, ...],
+    max_memory: str,
+    timeout: float | None,
+    no_cache: bool,
+    module: str,
+    args: tuple[str, ...],
+) -> None:
+    """Run MODULE (a wasm32-wasip1 command) with ARGS in a keep.
+
+    The workload's exit status becomes wasmkeep's. Without --config the
+    workload gets stdin, stdout and stderr, no environment and no files.
+    """
+    from wasmkeep.config import default_config, load_config
+    from wasmkeep.host.setup import prepare_host
+    from wasmkeep.keep.engine import ModuleCache
+    from wasmkeep.keep.runtime import RunOptions, run_workload
+    from wasmkeep.workload import Workload
+
+    limit = parse_size(max_memory)
+    config = load_config(config_path) if config_path else default_config()
+    config = config.with_overrides(args=args, env=env, dirs=dirs, readonly_dirs=readonly_dirs)
+    workload = Workload.from_file(module)
+    options = RunOptions(
+        max_memory=limit,
+        timeout=timeout,
+        cache=None if no_cache else ModuleCache.default(),
+    )
+    # nil: the keep runtime runs in this process, its host is the executor.
+    executor, manifest = prepare_host(config, module, export_fd_names=config_path is not None)
+    try:
+        status = run_workload(workload, manifest, executor, options)
+    finally:
+        executor.close_all()
+    sys.exit(exit_code(status))

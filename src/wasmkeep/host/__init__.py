@@ -1,0 +1,2 @@
+"""The untrusted side: starts keeps and performs their requests under the
+workload's capabilities. Never imports `wasmkeep.keep`."""

@@ -1,0 +1,72 @@
+"""Turn a workload config into what a keep boots with: the host's handles for
+its files and directories (in an Executor) and the manifest naming them."""
+
+from __future__ import annotations
+
+from wasmkeep.config import Config
+from wasmkeep.errors import BackendUnavailable, ConfigError
+from wasmkeep.host.executor import Executor
+from wasmkeep.limits import DEFAULT_LIMITS, Limits
+from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest
+
+__all__ = ["prepare_host"]
+
+_STDIO_FDS = {HandleKind.STDIN: 0, HandleKind.STDOUT: 1, HandleKind.STDERR: 2}
+
+
+def prepare_host(
+    config: Config,
+    program: str,
+    *,
+    export_fd_names: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[Executor, KeepManifest]:
+    """Open what the config grants; guest fd i is `files[i]`, then the directories.
+
+    `export_fd_names` adds Enarx's FD_COUNT and FD_NAMES to the environment; it
+    is off when there is no config file, so a plain `run` hands the guest
+    exactly the environment it was given (as wasmtime does).
+    """
+    executor = Executor(limits)
+    fds: list[HandleInfo] = []
+    try:
+        for index, spec in enumerate(config.files):
+            kind = HandleKind(spec.kind)
+            if kind in _STDIO_FDS:
+                handle, filetype = executor.add_stdio(kind, _STDIO_FDS[kind])
+            elif kind is HandleKind.NULL:
+                handle, filetype = executor.add_null()
+            else:
+                raise BackendUnavailable(
+                    f"files[{index}] ({spec.kind} {spec.name!r}): network sockets are not "
+                    "supported by this version of wasmkeep yet"
+                )
+            fds.append(HandleInfo(handle, kind, filetype, name=spec.name))
+        for spec in config.dirs:
+            try:
+                handle = executor.add_directory(spec.host, read_only=spec.readonly)
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot open directory {str(spec.host)!r} for {spec.guest!r}: "
+                    f"{error.strerror}"
+                ) from None
+            fds.append(
+                HandleInfo(
+                    handle,
+                    HandleKind.DIRECTORY,
+                    FileType.DIRECTORY,
+                    name=spec.guest,
+                    guest_path=spec.guest,
+                    read_only=spec.readonly,
+                )
+            )
+    except BaseException:
+        executor.close_all()
+        raise
+    manifest = KeepManifest(
+        args=(program, *config.args),
+        env=tuple(config.workload_env() if export_fd_names else config.env.items()),
+        fds=tuple(fds),
+    )
+    return executor, manifest
+

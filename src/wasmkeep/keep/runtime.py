@@ -1,0 +1,252 @@
+"""The keep runtime: compile a workload, check what it imports, run its `_start`.
+
+This is the same on every backend. What differs is the `HostCalls` it is given:
+the host executor itself on nil, a sallyport client in process and VM keeps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import wasmtime
+
+from wasmkeep.errors import (
+    KeepError,
+    WorkloadError,
+    WorkloadTimedOut,
+    WorkloadTrapped,
+)
+from wasmkeep.keep import engine as engine_module
+from wasmkeep.keep.engine import EngineSettings, ModuleCache
+from wasmkeep.keep.wasi.memory import GuestMemory
+from wasmkeep.keep.wasi.preview1 import IMPORT_MODULE, SIGNATURES, Preview1, ProcExit
+from wasmkeep.limits import DEFAULT_LIMITS, Limits
+from wasmkeep.sallyport.calls import HostCalls
+from wasmkeep.sallyport.types import KeepManifest
+from wasmkeep.workload import Workload
+
+__all__ = ["RunOptions", "check_interface", "run_workload"]
+
+log = logging.getLogger(__name__)
+
+#: Gathered output is sent at the latest this long after it was written.
+OUTPUT_MAX_AGE = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Resource limits and engine choices for one run."""
+
+    #: Ceiling on the guest's linear memory, in bytes.
+    max_memory: int = DEFAULT_LIMITS.default_max_memory
+    #: Wall-clock limit in seconds (None: none).
+    timeout: float | None = None
+    #: Where compiled modules are kept; None compiles every time.
+    cache: ModuleCache | None = None
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    limits: Limits = DEFAULT_LIMITS
+
+
+def check_interface(module: wasmtime.Module, name: str) -> None:
+    """A WorkloadError naming every import we cannot satisfy and any missing export."""
+    unknown = []
+    for item in module.imports:
+        functype = item.type
+        expected = SIGNATURES.get(item.name or "") if item.module == IMPORT_MODULE else None
+        if (
+            expected is None
+            or not isinstance(functype, wasmtime.FuncType)
+            or [str(param) for param in functype.params] != list(expected)
+            or [str(result) for result in functype.results]
+            != ([] if item.name == "proc_exit" else ["i32"])
+        ):
+            unknown.append(f"{item.module}.{item.name} ({_describe(functype)})")
+    if unknown:
+        raise WorkloadError(
+            f"{name}: imports what wasmkeep does not provide: {', '.join(unknown)}",
+            hint="wasmkeep provides wasi_snapshot_preview1 (WASI preview1) only",
+        )
+    exports = {item.name: item.type for item in module.exports}
+    start = exports.get("_start")
+    if start is None:
+        if "_initialize" in exports:
+            raise WorkloadError(
+                f"{name}: is a reactor (a library with _initialize), not a command with _start"
+            )
+        raise WorkloadError(f"{name}: exports no _start function: not a WASI command")
+    if not isinstance(start, wasmtime.FuncType) or start.params or start.results:
+        raise WorkloadError(f"{name}: _start must be a function without parameters or results")
+    if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+        raise WorkloadError(f"{name}: exports no memory named 'memory', which WASI requires")
+
+
+def _describe(externtype: object) -> str:
+    if isinstance(externtype, wasmtime.FuncType):
+        params = " ".join(str(param) for param in externtype.params)
+        results = " ".join(str(result) for result in externtype.results)
+        return f"func ({params}) -> ({results})"
+    return type(externtype).__name__.removesuffix("Type").lower()
+
+
+class _Outcome:
+    """What stopped the guest, recorded where it happened (inside a host call or
+    an engine tick) and turned into an exit status or an error afterwards."""
+
+    def __init__(self) -> None:
+        self.exit: ProcExit | None = None
+        self.failure: BaseException | None = None
+        self.timed_out = False
+
+    def fail(self, error: BaseException) -> int:
+        if isinstance(error, ProcExit):
+            self.exit = error
+            return engine_module.new_trap(f"proc_exit({error.status})")
+        if isinstance(error, _DeadlinePassed):
+            self.timed_out = True
+            return engine_module.new_trap("wall-clock limit reached")
+        self.failure = error
+        return engine_module.new_trap(f"keep failure: {error!r}")
+
+
+class _DeadlinePassed(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by the timer signal inside a blocking host call."""
+
+
+def run_workload(
+    workload: Workload,
+    manifest: KeepManifest,
+    host: HostCalls,
+    options: RunOptions | None = None,
+) -> int:
+    """Run the workload to its end; returns its exit status.
+
+    Raises WorkloadError for a module that cannot run, WorkloadTrapped,
+    WorkloadTimedOut, or the KeepError a host call raised.
+    """
+    options = options or RunOptions()
+    engine = engine_module.make_engine(options.settings)
+    started = time.perf_counter()
+    if options.cache is not None:
+        module, cached = options.cache.load(engine, options.settings, workload.digest, workload.wasm)
+    else:
+        module, cached = engine_module.compile_module(engine, workload.wasm), False
+    log.debug(
+        "%s %s in %.0f ms",
+        "loaded" if cached else "compiled",
+        workload.digest,
+        (time.perf_counter() - started) * 1000,
+    )
+    check_interface(module, workload.name)
+
+    store = wasmtime.Store(engine)
+    store.set_limits(memory_size=options.max_memory)
+    wasi = Preview1(manifest, host, options.limits)
+    outcome = _Outcome()
+    linker = wasmtime.Linker(engine)
+    natives = engine_module.bind_preview1(linker, wasi, outcome.fail)
+    try:
+        instance = linker.instantiate(store, module)
+    except wasmtime.Trap as trap:
+        raise WorkloadTrapped(_describe_trap(trap, "while starting")) from None
+    except wasmtime.WasmtimeError as error:
+        raise WorkloadError(f"{workload.name}: cannot instantiate: {_first_line(error)}") from None
+    exports = instance.exports(store)
+    memory = exports["memory"]
+    start = exports["_start"]
+    assert isinstance(memory, wasmtime.Memory) and isinstance(start, wasmtime.Func)
+    base = ctypes.addressof(memory.data_ptr(store).contents)
+    wasi.attach_memory(GuestMemory(base, lambda: memory.data_len(store)))
+
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+
+    def on_tick() -> str | None:
+        wasi.flush_if_stale(OUTPUT_MAX_AGE)
+        if deadline is not None and time.monotonic() >= deadline:
+            outcome.timed_out = True
+            return "wall-clock limit reached"
+        return None
+
+    natives.append(engine_module.install_epoch_callback(store, on_tick))
+    try:
+        with engine_module.Ticker(engine), _deadline_signal(options.timeout):
+            start(store)
+        status = 0
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
+        status = _resolve(outcome, error, options)
+    finally:
+        wasi.close_all()
+        wasi.mem.release()
+    del natives
+    return status
+
+
+def _resolve(outcome: _Outcome, error: Exception, options: RunOptions) -> int:
+    if outcome.exit is not None:
+        return outcome.exit.status
+    if outcome.timed_out:
+        raise WorkloadTimedOut(
+            f"the workload ran longer than its wall-clock limit of {options.timeout:g} s "
+            "and was stopped"
+        )
+    if outcome.failure is not None:
+        if isinstance(outcome.failure, KeepError):
+            raise outcome.failure
+        raise KeepError(f"keep runtime failure: {outcome.failure!r}") from outcome.failure
+    if isinstance(error, wasmtime.Trap):
+        raise WorkloadTrapped(_describe_trap(error, "")) from None
+    raise WorkloadTrapped(f"the workload failed: {_first_line(error)}") from None
+
+
+def _describe_trap(trap: wasmtime.Trap, when: str) -> str:
+    """"the workload trapped: <what>, in <function> (func N) at offset 0x.., called from ..."."""
+    code = trap.trap_code
+    what = code.name.lower().replace("_", " ") if code is not None else _first_line(trap)
+    where = []
+    for frame in trap.frames[:4]:
+        label = frame.func_name or f"func {frame.func_index}"
+        if frame.func_name:
+            label += f" (func {frame.func_index})"
+        where.append(f"{label} at offset {frame.module_offset:#x}")
+    text = "the workload trapped" + (f" {when}" if when else "") + f": {what}"
+    if where:
+        text += ", in " + where[0]
+        if len(where) > 1:
+            text += "; called from " + ", ".join(where[1:])
+    return text
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def _deadline_signal(timeout: float | None) -> Iterator[None]:
+    """Interrupt a host call blocked past the deadline (the epoch covers guest code).
+
+    Signals reach only the main thread; elsewhere the epoch check alone applies.
+    """
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    armed = True
+
+    def handler(signum: int, frame: object) -> None:
+        if armed:
+            raise _DeadlinePassed
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, timeout + 0.05)
+    try:
+        yield
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,207 @@
+"""The vocabulary both sides of sallyport share: errno and file-type numbers,
+the records a host returns, and the manifest a keep boots with.
+
+Values are WASI preview1's own numbers (witx `typenames`), so a reply means the
+same thing on every host OS and needs no translation inside the keep.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DirEntry",
+    "Errno",
+    "FileStat",
+    "FileType",
+    "HandleInfo",
+    "HandleKind",
+    "HostError",
+    "KeepManifest",
+    "PollResult",
+    "TIME_NOW",
+]
+
+
+class Errno(enum.IntEnum):
+    """WASI preview1 error numbers."""
+
+    SUCCESS = 0
+    TOOBIG = 1
+    ACCES = 2
+    ADDRINUSE = 3
+    ADDRNOTAVAIL = 4
+    AFNOSUPPORT = 5
+    AGAIN = 6
+    ALREADY = 7
+    BADF = 8
+    BADMSG = 9
+    BUSY = 10
+    CANCELED = 11
+    CHILD = 12
+    CONNABORTED = 13
+    CONNREFUSED = 14
+    CONNRESET = 15
+    DEADLK = 16
+    DESTADDRREQ = 17
+    DOM = 18
+    DQUOT = 19
+    EXIST = 20
+    FAULT = 21
+    FBIG = 22
+    HOSTUNREACH = 23
+    IDRM = 24
+    ILSEQ = 25
+    INPROGRESS = 26
+    INTR = 27
+    INVAL = 28
+    IO = 29
+    ISCONN = 30
+    ISDIR = 31
+    LOOP = 32
+    MFILE = 33
+    MLINK = 34
+    MSGSIZE = 35
+    MULTIHOP = 36
+    NAMETOOLONG = 37
+    NETDOWN = 38
+    NETRESET = 39
+    NETUNREACH = 40
+    NFILE = 41
+    NOBUFS = 42
+    NODEV = 43
+    NOENT = 44
+    NOEXEC = 45
+    NOLCK = 46
+    NOLINK = 47
+    NOMEM = 48
+    NOMSG = 49
+    NOPROTOOPT = 50
+    NOSPC = 51
+    NOSYS = 52
+    NOTCONN = 53
+    NOTDIR = 54
+    NOTEMPTY = 55
+    NOTRECOVERABLE = 56
+    NOTSOCK = 57
+    NOTSUP = 58
+    NOTTY = 59
+    NXIO = 60
+    OVERFLOW = 61
+    OWNERDEAD = 62
+    PERM = 63
+    PIPE = 64
+    PROTO = 65
+    PROTONOSUPPORT = 66
+    PROTOTYPE = 67
+    RANGE = 68
+    ROFS = 69
+    SPIPE = 70
+    SRCH = 71
+    STALE = 72
+    TIMEDOUT = 73
+    TXTBSY = 74
+    XDEV = 75
+    NOTCAPABLE = 76
+
+
+class FileType(enum.IntEnum):
+    """WASI preview1 file types."""
+
+    UNKNOWN = 0
+    BLOCK_DEVICE = 1
+    CHARACTER_DEVICE = 2
+    DIRECTORY = 3
+    REGULAR_FILE = 4
+    SOCKET_DGRAM = 5
+    SOCKET_STREAM = 6
+    SYMBOLIC_LINK = 7
+
+
+class HostError(Exception):
+    """A host operation failed with a WASI errno; the guest sees that errno."""
+
+    __slots__ = ("errno",)
+
+    def __init__(self, errno: Errno) -> None:
+        super().__init__(errno.name)
+        self.errno = errno
+
+
+#: Passed as a time to `set_times`: use the host's current time.
+TIME_NOW = -1
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """File attributes as WASI `filestat` carries them (times in ns since the epoch)."""
+
+    dev: int
+    ino: int
+    filetype: FileType
+    nlink: int
+    size: int
+    atim: int
+    mtim: int
+    ctim: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory entry; `next` is the cookie of the entry after it."""
+
+    next: int
+    ino: int
+    filetype: FileType
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """Readiness of one handle: an errno, bytes available (0 if unknown), hang-up."""
+
+    errno: Errno
+    nbytes: int
+    hangup: bool
+
+
+class HandleKind(enum.Enum):
+    """What a handle given to the keep at boot stands for."""
+
+    STDIN = "stdin"
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    NULL = "null"
+    DIRECTORY = "directory"
+    LISTEN = "listen"
+    CONNECT = "connect"
+
+
+@dataclass(frozen=True, slots=True)
+class HandleInfo:
+    """One guest fd the keep starts with: the host's handle for it and what it is.
+
+    `guest_path` names a preopened directory inside the guest (WASI prestat);
+    `read_only` directories refuse every change, in the keep and on the host.
+    """
+
+    handle: int
+    kind: HandleKind
+    filetype: FileType
+    name: str = ""
+    guest_path: str = ""
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeepManifest:
+    """What the host tells a keep at boot: the guest's argv, environ and fds.
+
+    Guest fd `i` is `fds[i]`: the config's `files` first (fd = array index, as
+    in Enarx), then the preopened directories.
+    """
+
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    fds: tuple[HandleInfo, ...] = field(default_factory=tuple)
