@@ -1,0 +1,81 @@
+"""`wasmkeep platform info`: which backends this machine supports, and why."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from wasmkeep.host.platform import BackendReport
+
+__all__ = ["platform"]
+
+
+@click.group()
+def platform() -> None:
+    """What this machine can run keeps on."""
+
+
+@platform.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
+def info(as_json: bool) -> None:
+    """Probe every backend and say which ones can run here.
+
+    Each backend lists its checks, passed or failed with a reason, then a
+    verdict; the last line names the backend `wasmkeep run` would pick.
+    """
+    # Imported here, as rich below: every command loads this module, few need these.
+    from wasmkeep.host.platform import platform_document, probe_platform  # noqa: PLC0415
+
+    reports = probe_platform()
+    if as_json:
+        click.echo(json.dumps(platform_document(reports), indent=2))
+        return
+    _print_tables(reports)
+
+
+def _print_tables(reports: list[BackendReport]) -> None:
+    # Imported here: rich is slow to import and only this output needs it.
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    from wasmkeep.host.platform import most_isolating_available  # noqa: PLC0415
+
+    console = Console(highlight=False)
+    passed_mark, failed_mark = _marks()
+    for report in reports:
+        table = Table(
+            title=f"{report.name}: {report.isolation}",
+            title_justify="left",
+            title_style="bold",
+            show_header=True,
+            header_style="dim",
+            expand=False,
+        )
+        table.add_column("check", no_wrap=True)
+        table.add_column("", no_wrap=True)
+        table.add_column("detail")
+        for check in report.checks:
+            mark = (
+                Text(passed_mark, style="green") if check.passed else Text(failed_mark, style="red")
+            )
+            table.add_row(Text(check.name), mark, Text(check.detail))
+        console.print(table)
+        style = "green" if report.usable else ("yellow" if report.available else "red")
+        console.print(Text(f"{report.name}: {report.summary}", style=style))
+        console.print()
+    console.print(Text(f"default backend: {most_isolating_available(reports)}", style="bold"))
+
+
+def _marks() -> tuple[str, str]:
+    """Check marks, or plain words where the terminal's encoding lacks them."""
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        "✔✘".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return "yes", "no"
+    return "✔", "✘"
