@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -65,3 +65,38 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for name, ok in sorted(results.items()):
             if not ok:
                 terminalreporter.write_line(f"  failed: {name}")
+
+
+BUILD = ROOT / "build" / "wasm"
+WORKLOADS = Path(__file__).resolve().parent / "workloads"
+EXAMPLES = ROOT / "examples"
+
+
+def build_wasm(source: Path, *extra_flags: str) -> Path:
+    """Compile C to wasm32-wasi with Debian's clang, cached by source and flags.
+
+    Safe under pytest-xdist: each build goes to a private name, then is renamed.
+    """
+    import hashlib
+
+    flags = ["--target=wasm32-wasi", "-O2", "-Wall", "-Wextra", "-Werror", *extra_flags]
+    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    output = BUILD / f"{source.stem}-{key}.wasm"
+    if not output.exists():
+        BUILD.mkdir(parents=True, exist_ok=True)
+        partial = output.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(["clang", *flags, str(source), "-o", str(partial)], check=True)
+        partial.replace(output)
+    return output
+
+
+@pytest.fixture(scope="session")
+def workload() -> Callable[[str], Path]:
+    """Build a test workload from tests/workloads/NAME.c."""
+    return lambda name: build_wasm(WORKLOADS / f"{name}.c")
+
+
+@pytest.fixture(scope="session")
+def example() -> Callable[[str], Path]:
+    """Build an example from examples/NAME/NAME.c."""
+    return lambda name: build_wasm(EXAMPLES / name / f"{name}.c")

@@ -76,7 +76,7 @@ def exit_code(status: int) -> int:
     "--timeout", type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit, seconds."
 )
 @click.option("--no-cache", is_flag=True, help="Compile the module even if a cached copy exists.")
-@click.argument("module", type=click.Path(dir_okay=False))
+@click.argument("module")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @report_errors
 def run(

@@ -69,7 +69,7 @@ def open_beneath(dir_fd: int, path: str, flags: int, mode: int = 0o666) -> int:
 
 
 def split_last(path: str) -> tuple[str, str]:
-    """Split a path into (parent, last component); trailing slashes stay on the last.
+    """Split a relative path into (parent, last component); trailing slashes stay on the last.
 
     The last component keeps one trailing slash when the path had any, so the
     `*at` call sees it and applies POSIX's rules ("file/" is ENOTDIR).
@@ -90,6 +90,8 @@ def parent_beneath(dir_fd: int, path: str) -> Iterator[tuple[int, str]]:
     A final `..` would name a directory above the parent; the whole path is
     then resolved (beneath) and the operation applies to `.` inside it.
     """
+    if path.startswith("/"):
+        raise Escape(errno.EXDEV, "absolute path", path)
     parent, last = split_last(path)
     if last.rstrip("/") == "..":
         parent, last = path, "."

@@ -151,7 +151,10 @@ class Preview1:
             if info.filetype == FileType.CHARACTER_DEVICE:
                 # isatty() in wasi-libc: a character device without seek or tell.
                 base &= ~(Rights.FD_SEEK | Rights.FD_TELL)
-            inheriting = Rights.ALL & ~Rights.MUTATING if info.read_only else Rights.ALL
+            # A read-only directory passes FD_WRITE on, so that asking to open a
+            # file for writing is refused with ROFS instead of quietly giving a
+            # fd that cannot write (see path_open).
+            inheriting = Rights.ALL
             self.fds.place(
                 number,
                 FdEntry(
@@ -262,6 +265,8 @@ class Preview1:
         entry = self.fds.get(fd)
         if not entry.is_directory:
             raise HostError(Errno.NOTDIR)
+        if entry.read_only and rights & Rights.MUTATING:
+            raise HostError(Errno.ROFS)
         entry.require(rights)
         return entry
 
@@ -607,7 +612,7 @@ class Preview1:
         inheriting = rights_inheriting & parent.rights_inheriting
         write = bool(base & Rights.NEEDS_WRITE) or bool(fdflags & FDFLAGS.APPEND)
         if write and parent.read_only:
-            return Errno.NOTCAPABLE
+            return Errno.ROFS
         handle, filetype = self.host.open_at(
             parent.handle,
             name,
