@@ -50,7 +50,7 @@ CONFORMANCE_RESULTS: dict[str, dict[str, bool]] = {}
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # Runs in the controlling process even under xdist, so the score is whole.
     backend = dict(report.user_properties).get("conformance_backend")
-    if backend is None or report.when != "call" and report.passed:
+    if backend is None or (report.when != "call" and report.passed):
         return
     name = str(dict(report.user_properties)["conformance_test"])
     CONFORMANCE_RESULTS.setdefault(str(backend), {})[name] = report.passed

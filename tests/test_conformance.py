@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_the_whole_suite_is_here() -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("module", TESTS, ids=_name)
 def test_wasi_testsuite(
-    module: Path, backend: str, tmp_path: Path, record_property: pytest.RecordProperty
+    module: Path, backend: str, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     record_property("conformance_backend", backend)
     record_property("conformance_test", _name(module))

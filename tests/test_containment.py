@@ -57,7 +57,14 @@ ESCAPES = [
 
 def test_no_path_leaves_the_preopen(workload: Build, sandbox: Path) -> None:
     result = run_wasmkeep(
-        ["run", "--dir", f"{sandbox}::/sandbox", str(workload("escape")), *ESCAPES, "/sandbox/inside.txt"]
+        [
+            "run",
+            "--dir",
+            f"{sandbox}::/sandbox",
+            str(workload("escape")),
+            *ESCAPES,
+            "/sandbox/inside.txt",
+        ]
     )
     assert result.returncode == 0, result.stderr
     output = result.stdout.decode()
@@ -92,8 +99,17 @@ def test_read_only_preopen_refuses_every_change(workload: Build, tmp_path: Path)
     result = run_wasmkeep(["run", "--dir-ro", f"{data}::/data", str(workload("mutate")), "/data"])
     assert result.returncode == 0, result.stderr
     outcomes = dict(line.split(": ", 1) for line in result.stdout.decode().splitlines())
-    for change in ("create", "open for writing", "truncate on open", "mkdir", "unlink", "rename",
-                   "symlink", "link", "rmdir"):
+    for change in (
+        "create",
+        "open for writing",
+        "truncate on open",
+        "mkdir",
+        "unlink",
+        "rename",
+        "symlink",
+        "link",
+        "rmdir",
+    ):
         assert outcomes[change] == "refused Read-only file system", change
     assert outcomes["read"] == "ok"
     assert outcomes["content"] == "original"
@@ -107,8 +123,15 @@ def test_read_write_preopen_allows_changes(workload: Build, tmp_path: Path) -> N
     (data / "existing.txt").write_text("original")
     result = run_wasmkeep(["run", "--dir", f"{data}::/data", str(workload("mutate")), "/data"])
     outcomes = dict(line.split(": ", 1) for line in result.stdout.decode().splitlines())
-    for change in ("create", "open for writing", "truncate on open", "mkdir", "unlink", "symlink",
-                   "rmdir"):
+    for change in (
+        "create",
+        "open for writing",
+        "truncate on open",
+        "mkdir",
+        "unlink",
+        "symlink",
+        "rmdir",
+    ):
         assert outcomes[change] == "ok", change
     assert (data / "new.txt").exists() and (data / "newdir").is_dir()
     assert os.readlink(data / "link") == "existing.txt"

@@ -35,7 +35,13 @@ def _errno(call: object, *args: object, **kwargs: object) -> Errno:
 
 
 def _open(executor: Executor, handle: int, path: str, **flags: object) -> tuple[int, FileType]:
-    options: dict[str, object] = {"follow": True, "oflags": 0, "fdflags": 0, "read": True, "write": False}
+    options: dict[str, object] = {
+        "follow": True,
+        "oflags": 0,
+        "fdflags": 0,
+        "read": True,
+        "write": False,
+    }
     options.update(flags)
     return executor.open_at(handle, path, **options)  # type: ignore[arg-type]
 
@@ -170,8 +176,12 @@ def test_split_last_keeps_the_path(path: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["..", ".", "dir", "file", "abs", "out", "in", "", "x"]), max_size=6))
-def test_no_generated_path_reads_the_secret(tmp_path_factory: pytest.TempPathFactory, parts: list[str]) -> None:
+@given(
+    st.lists(st.sampled_from(["..", ".", "dir", "file", "abs", "out", "in", "", "x"]), max_size=6)
+)
+def test_no_generated_path_reads_the_secret(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[str]
+) -> None:
     base = tmp_path_factory.getbasetemp() / "generated"
     if not base.exists():
         (base / "box" / "dir").mkdir(parents=True)

@@ -52,7 +52,11 @@ def test_config_file_args_env_and_fd_names(example: Build, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
     assert lines[2:4] == ["argv[1]=from-config", "argv[2]=from-cli"]
-    assert set(lines[4:]) == {"env MODE=config", "env FD_COUNT=3", "env FD_NAMES=null:stdout:stderr"}
+    assert set(lines[4:]) == {
+        "env MODE=config",
+        "env FD_COUNT=3",
+        "env FD_NAMES=null:stdout:stderr",
+    }
 
 
 def test_wordcount_on_preopened_directories(example: Build, tmp_path: Path) -> None:
@@ -72,7 +76,14 @@ def test_wordcount_on_preopened_directories(example: Build, tmp_path: Path) -> N
         ]
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().splitlines()[-1].split() == ["6", "39", "194", "total", "(3", "files)"]
+    assert result.stdout.decode().splitlines()[-1].split() == [
+        "6",
+        "39",
+        "194",
+        "total",
+        "(3",
+        "files)",
+    ]
     assert (out / "report.txt").read_text().splitlines()[-1] == "6 39 194 total"
 
 
@@ -106,7 +117,11 @@ def _run_with_silent_stdin(args: list[str]) -> subprocess.CompletedProcess[bytes
     read_end, write_end = os.pipe()
     try:
         return subprocess.run(
-            [*wasmkeep_command(), *args], stdin=read_end, capture_output=True, timeout=30
+            [*wasmkeep_command(), *args],
+            stdin=read_end,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
     finally:
         os.close(read_end)

@@ -56,10 +56,7 @@ class Workload:
 
 
 def _too_large(name: str, size: int, limits: Limits) -> str:
-    return (
-        f"{name}: module is {size} bytes, more than the limit of "
-        f"{limits.max_module_size} bytes"
-    )
+    return f"{name}: module is {size} bytes, more than the limit of {limits.max_module_size} bytes"
 
 
 def _check_module_bytes(name: str, wasm: bytes, limits: Limits) -> None:

@@ -28,7 +28,7 @@ def info(as_json: bool) -> None:
     verdict; the last line names the backend `wasmkeep run` would pick.
     """
     # Imported here, as rich below: every command loads this module, few need these.
-    from wasmkeep.host.platform import platform_document, probe_platform  # noqa: PLC0415
+    from wasmkeep.host.platform import platform_document, probe_platform
 
     reports = probe_platform()
     if as_json:
@@ -39,11 +39,11 @@ def info(as_json: bool) -> None:
 
 def _print_tables(reports: list[BackendReport]) -> None:
     # Imported here: rich is slow to import and only this output needs it.
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
-    from wasmkeep.host.platform import most_isolating_available  # noqa: PLC0415
+    from wasmkeep.host.platform import most_isolating_available
 
     console = Console(highlight=False)
     passed_mark, failed_mark = _marks()

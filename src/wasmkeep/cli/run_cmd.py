@@ -10,7 +10,7 @@ import click
 from wasmkeep.cli._errors import report_errors
 from wasmkeep.errors import ConfigError
 
-__all__ = ["run", "exit_code"]
+__all__ = ["exit_code", "run"]
 
 BACKENDS = ("nil",)
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
@@ -35,9 +35,7 @@ def exit_code(status: int) -> int:
     return 1 if status and not code else code
 
 
-@click.command(
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
-)
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),

@@ -445,9 +445,7 @@ class Executor:
             beneath.parent_beneath(old_parent.fd, old_path) as (old_fd, old_name),
             beneath.parent_beneath(new_parent.fd, new_path) as (new_fd, new_name),
         ):
-            os.link(
-                old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False
-            )
+            os.link(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
 
     @_translated
     def symlink_at(self, target: str, dir_handle: int, path: str) -> None:
@@ -504,4 +502,3 @@ class Executor:
             return int.from_bytes(buffer, "little")
         except OSError:
             return 0
-

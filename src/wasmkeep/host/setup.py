@@ -42,12 +42,12 @@ def prepare_host(
                     "supported by this version of wasmkeep yet"
                 )
             fds.append(HandleInfo(handle, kind, filetype, name=spec.name))
-        for spec in config.dirs:
+        for directory in config.dirs:
             try:
-                handle = executor.add_directory(spec.host, read_only=spec.readonly)
+                handle = executor.add_directory(directory.host, read_only=directory.readonly)
             except OSError as error:
                 raise ConfigError(
-                    f"cannot open directory {str(spec.host)!r} for {spec.guest!r}: "
+                    f"cannot open directory {str(directory.host)!r} for {directory.guest!r}: "
                     f"{error.strerror}"
                 ) from None
             fds.append(
@@ -55,9 +55,9 @@ def prepare_host(
                     handle,
                     HandleKind.DIRECTORY,
                     FileType.DIRECTORY,
-                    name=spec.guest,
-                    guest_path=spec.guest,
-                    read_only=spec.readonly,
+                    name=directory.guest,
+                    guest_path=directory.guest,
+                    read_only=directory.readonly,
                 )
             )
     except BaseException:
@@ -69,4 +69,3 @@ def prepare_host(
         fds=tuple(fds),
     )
     return executor, manifest
-

@@ -228,7 +228,7 @@ def bind_preview1(
     """
     keep_alive: list[object] = []
     i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-    pending = wasi._pending  # noqa: SLF001 - the trampoline's fast "anything to flush?" test
+    pending = wasi._pending
     for name, params in SIGNATURES.items():
         returns = name != "proc_exit"
         functype = wasmtime.FuncType(
@@ -289,7 +289,9 @@ def install_epoch_callback(store: wasmtime.Store, on_tick: Callable[[], str | No
     """Call `on_tick` on the guest's thread at every epoch; a returned string stops
     the guest with that message. Returns the callback, to keep alive with the store."""
 
-    def callback(context: int, data: int, delta: ctypes.Array[ctypes.c_uint64], kind: object) -> int:
+    def callback(
+        context: int, data: int, delta: ctypes.Array[ctypes.c_uint64], kind: object
+    ) -> int:
         try:
             stop = on_tick()
         except BaseException as error:  # never let an exception unwind through wasm

@@ -115,7 +115,7 @@ class _Outcome:
         return engine_module.new_trap(f"keep failure: {error!r}")
 
 
-class _DeadlinePassed(Exception):  # noqa: N818 - a signal, not an error
+class _DeadlinePassed(Exception):
     """Raised by the timer signal inside a blocking host call."""
 
 
@@ -134,7 +134,9 @@ def run_workload(
     engine = engine_module.make_engine(options.settings)
     started = time.perf_counter()
     if options.cache is not None:
-        module, cached = options.cache.load(engine, options.settings, workload.digest, workload.wasm)
+        module, cached = options.cache.load(
+            engine, options.settings, workload.digest, workload.wasm
+        )
     else:
         module, cached = engine_module.compile_module(engine, workload.wasm), False
     log.debug(
@@ -160,7 +162,8 @@ def run_workload(
     exports = instance.exports(store)
     memory = exports["memory"]
     start = exports["_start"]
-    assert isinstance(memory, wasmtime.Memory) and isinstance(start, wasmtime.Func)
+    assert isinstance(memory, wasmtime.Memory)
+    assert isinstance(start, wasmtime.Func)
     base = ctypes.addressof(memory.data_ptr(store).contents)
     wasi.attach_memory(GuestMemory(base, lambda: memory.data_len(store)))
 
@@ -205,7 +208,7 @@ def _resolve(outcome: _Outcome, error: Exception, options: RunOptions) -> int:
 
 
 def _describe_trap(trap: wasmtime.Trap, when: str) -> str:
-    """"the workload trapped: <what>, in <function> (func N) at offset 0x.., called from ..."."""
+    """ "the workload trapped: <what>, in <function> (func N) at offset 0x.., called from ..."."""
     code = trap.trap_code
     what = code.name.lower().replace("_", " ") if code is not None else _first_line(trap)
     where = []

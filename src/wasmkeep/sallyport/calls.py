@@ -20,7 +20,7 @@ from typing import Protocol
 
 from wasmkeep.sallyport.types import DirEntry, FileStat, FileType, PollResult
 
-__all__ = ["HostCalls", "OFLAGS", "FDFLAGS", "POLL_READ", "POLL_WRITE"]
+__all__ = ["FDFLAGS", "OFLAGS", "POLL_READ", "POLL_WRITE", "HostCalls"]
 
 
 class OFLAGS:
@@ -62,11 +62,14 @@ class HostCalls(Protocol):
         """Read at most `size` bytes at `offset` without moving the position."""
         ...
 
-    def write(self, handle: int, data: bytes) -> int:
-        """Write at the current position (or the end if appending); returns bytes written."""
+    def write(self, handle: int, data: bytes | memoryview) -> int:
+        """Write at the current position (or the end if appending); returns bytes written.
+
+        `data` may be a view of guest memory, valid only during the call.
+        """
         ...
 
-    def pwrite(self, handle: int, data: bytes, offset: int) -> int:
+    def pwrite(self, handle: int, data: bytes | memoryview, offset: int) -> int:
         """Write at `offset` without moving the position; returns bytes written."""
         ...
 

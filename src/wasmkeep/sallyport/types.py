@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = [
+    "TIME_NOW",
     "DirEntry",
     "Errno",
     "FileStat",
@@ -20,7 +21,6 @@ __all__ = [
     "HostError",
     "KeepManifest",
     "PollResult",
-    "TIME_NOW",
 ]
 
 

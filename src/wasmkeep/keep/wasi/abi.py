@@ -105,13 +105,7 @@ class Rights:
         | POLL_FD_READWRITE
     )
     #: Rights of a byte stream that cannot seek (pipes, terminals, sockets).
-    STREAM = (
-        FD_READ
-        | FD_WRITE
-        | FD_FDSTAT_SET_FLAGS
-        | FD_FILESTAT_GET
-        | POLL_FD_READWRITE
-    )
+    STREAM = FD_READ | FD_WRITE | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE
     #: Rights that change the file system; a read-only preopen never grants them.
     MUTATING = (
         FD_DATASYNC

@@ -17,6 +17,7 @@ at exit, and at the latest one engine tick (~10 ms) after they were written
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +30,7 @@ from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.calls import FDFLAGS, OFLAGS, POLL_READ, POLL_WRITE, HostCalls
 from wasmkeep.sallyport.types import TIME_NOW, FileStat, HandleKind, HostError, KeepManifest
 
-__all__ = ["IMPORT_MODULE", "SIGNATURES", "KEEP_LOCAL", "ProcExit", "Preview1"]
+__all__ = ["IMPORT_MODULE", "KEEP_LOCAL", "SIGNATURES", "Preview1", "ProcExit"]
 
 IMPORT_MODULE = "wasi_snapshot_preview1"
 
@@ -115,7 +116,7 @@ _MAX_FILESIZE = (1 << 63) - 1
 _SUCCESS = 0
 
 
-class ProcExit(Exception):  # noqa: N818 - it is an exit, not an error
+class ProcExit(Exception):
     """The guest called proc_exit; carries its status."""
 
     def __init__(self, status: int) -> None:
@@ -210,10 +211,8 @@ class Preview1:
         self.flush_output()
         for _, entry in self.fds:
             if entry.kind is None:
-                try:
+                with contextlib.suppress(HostError):
                     self.host.close(entry.handle)
-                except HostError:
-                    pass
 
     def _iovecs(self, iovs: int, count: int) -> list[tuple[int, int]]:
         """The (ptr, len) pairs of an iovec array, each checked against memory."""
@@ -378,10 +377,9 @@ class Preview1:
         ):
             # Synchronous I/O is chosen at open; POSIX cannot change it later.
             return Errno.NOTSUP
-        if entry.kind is not None and entry.kind != HandleKind.DIRECTORY:
+        if entry.kind not in (None, HandleKind.DIRECTORY) and flags & FDFLAGS.APPEND:
             # The keep's stdio and sockets stay as the host set them up.
-            if flags & FDFLAGS.APPEND:
-                return Errno.NOTSUP
+            return Errno.NOTSUP
         self.host.set_fdflags(entry.handle, flags)
         entry.fdflags = flags
         return _SUCCESS
