@@ -222,7 +222,7 @@ class _Model(BaseModel, frozen=True):
     # __init__ for nested models too, which would cut validation short. User
     # input enters through parse_config, load_config and with_overrides, which
     # translate; a constructor called wrongly from code raises ValidationError.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # -- files ------------------------------------------------------------------------------

@@ -94,15 +94,19 @@ def run(
     The workload's exit status becomes wasmkeep's. Without --config the
     workload gets stdin, stdout and stderr, no environment and no files.
     """
-    from wasmkeep.config import default_config, load_config
     from wasmkeep.host.setup import prepare_host
     from wasmkeep.keep.engine import ModuleCache
     from wasmkeep.keep.runtime import RunOptions, run_workload
     from wasmkeep.workload import Workload
 
     limit = parse_size(max_memory)
-    config = load_config(config_path) if config_path else default_config()
-    config = config.with_overrides(args=args, env=env, dirs=dirs, readonly_dirs=readonly_dirs)
+    config = None
+    if config_path or env or dirs or readonly_dirs:
+        from wasmkeep.config import default_config, load_config
+
+        config = load_config(config_path) if config_path else default_config()
+        config = config.with_overrides(args=args, env=env, dirs=dirs, readonly_dirs=readonly_dirs)
+        args = ()  # now part of the config
     workload = Workload.from_file(module)
     options = RunOptions(
         max_memory=limit,
@@ -110,7 +114,9 @@ def run(
         cache=None if no_cache else ModuleCache.default(),
     )
     # nil: the keep runtime runs in this process, its host is the executor.
-    executor, manifest = prepare_host(config, module, export_fd_names=config_path is not None)
+    executor, manifest = prepare_host(
+        config, module, args=args, export_fd_names=config_path is not None
+    )
     try:
         status = run_workload(workload, manifest, executor, options)
     finally:

@@ -3,34 +3,51 @@ its files and directories (in an Executor) and the manifest naming them."""
 
 from __future__ import annotations
 
-from wasmkeep.config import Config
+from typing import TYPE_CHECKING, NamedTuple
+
 from wasmkeep.errors import BackendUnavailable, ConfigError
 from wasmkeep.host.executor import Executor
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest
 
+if TYPE_CHECKING:
+    from wasmkeep.config import Config
+
 __all__ = ["prepare_host"]
+
+
+class _Stdio(NamedTuple):
+    kind: str
+    name: str
+
+
+#: What a workload gets without a config: Enarx's default files.
+_DEFAULT_FILES = (_Stdio("stdin", "stdin"), _Stdio("stdout", "stdout"), _Stdio("stderr", "stderr"))
 
 _STDIO_FDS = {HandleKind.STDIN: 0, HandleKind.STDOUT: 1, HandleKind.STDERR: 2}
 
 
 def prepare_host(
-    config: Config,
+    config: Config | None,
     program: str,
     *,
+    args: tuple[str, ...] = (),
     export_fd_names: bool = True,
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Executor, KeepManifest]:
     """Open what the config grants; guest fd i is `files[i]`, then the directories.
 
-    `export_fd_names` adds Enarx's FD_COUNT and FD_NAMES to the environment; it
-    is off when there is no config file, so a plain `run` hands the guest
-    exactly the environment it was given (as wasmtime does).
+    With no config at all (a bare `wasmkeep run MODULE ARGS`) the guest gets
+    stdio, its `args` and an empty environment, and the config machinery is
+    never loaded: that path is the cold-start benchmark. `export_fd_names` adds
+    Enarx's FD_COUNT and FD_NAMES to the environment; it is off when there is
+    no config file, so a plain `run` hands the guest exactly the environment it
+    was given (as wasmtime does).
     """
     executor = Executor(limits)
     fds: list[HandleInfo] = []
     try:
-        for index, spec in enumerate(config.files):
+        for index, spec in enumerate(config.files if config else _DEFAULT_FILES):
             kind = HandleKind(spec.kind)
             if kind in _STDIO_FDS:
                 handle, filetype = executor.add_stdio(kind, _STDIO_FDS[kind])
@@ -42,7 +59,7 @@ def prepare_host(
                     "supported by this version of wasmkeep yet"
                 )
             fds.append(HandleInfo(handle, kind, filetype, name=spec.name))
-        for directory in config.dirs:
+        for directory in config.dirs if config else ():
             try:
                 handle = executor.add_directory(directory.host, read_only=directory.readonly)
             except OSError as error:
@@ -63,9 +80,13 @@ def prepare_host(
     except BaseException:
         executor.close_all()
         raise
+    if config is None:
+        env: tuple[tuple[str, str], ...] = ()
+    elif export_fd_names:
+        env = tuple(config.workload_env())
+    else:
+        env = tuple(config.env.items())
     manifest = KeepManifest(
-        args=(program, *config.args),
-        env=tuple(config.workload_env() if export_fd_names else config.env.items()),
-        fds=tuple(fds),
+        args=(program, *(config.args if config else ()), *args), env=env, fds=tuple(fds)
     )
     return executor, manifest

@@ -7,6 +7,7 @@ the host executor itself on nil, a sallyport client in process and VM keeps.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import signal
 import threading
@@ -131,7 +132,10 @@ def run_workload(
     WorkloadTimedOut, or the KeepError a host call raised.
     """
     options = options or RunOptions()
-    engine = engine_module.make_engine(options.settings)
+    settings = options.settings
+    if options.timeout is not None and not settings.epoch_interruption:
+        settings = dataclasses.replace(settings, epoch_interruption=True)
+    engine = engine_module.make_engine(settings)
     started = time.perf_counter()
     if options.cache is not None:
         module, cached = options.cache.load(
@@ -168,17 +172,21 @@ def run_workload(
     wasi.attach_memory(GuestMemory(base, lambda: memory.data_len(store)))
 
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    if settings.epoch_interruption:
 
-    def on_tick() -> str | None:
-        wasi.flush_if_stale(OUTPUT_MAX_AGE)
-        if deadline is not None and time.monotonic() >= deadline:
-            outcome.timed_out = True
-            return "wall-clock limit reached"
-        return None
+        def on_epoch() -> str | None:
+            if deadline is not None and time.monotonic() >= deadline:
+                outcome.timed_out = True
+                return "wall-clock limit reached"
+            return None
 
-    natives.append(engine_module.install_epoch_callback(store, on_tick))
+        natives.append(engine_module.install_epoch_callback(store, on_epoch))
+    ticker = engine_module.Ticker(
+        engine if settings.epoch_interruption else None,
+        lambda: wasi.output.flush_if_stale(OUTPUT_MAX_AGE),
+    )
     try:
-        with engine_module.Ticker(engine), _deadline_signal(options.timeout):
+        with ticker, _deadline_signal(options.timeout):
             start(store)
         status = 0
     except (wasmtime.Trap, wasmtime.WasmtimeError) as error:

@@ -10,9 +10,8 @@ may do, its inheriting rights bound the fds opened through it, and rights only
 ever shrink. A read-only preopen holds no right that changes a file.
 
 Small writes to stdout and stderr are gathered in the keep and sent as one
-request: before any other call that reaches the host, when 64 KiB are waiting,
-at exit, and at the latest one engine tick (~10 ms) after they were written
-(`flush_if_stale`), so interleaving and prompts stay as the guest wrote them.
+request (see `output.py`), so interleaving and prompts stay as the guest wrote
+them.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from wasmkeep.keep.wasi import abi
 from wasmkeep.keep.wasi.abi import Errno, FileType, Rights, Whence
 from wasmkeep.keep.wasi.fdtable import FdEntry, FdTable, rights_for
 from wasmkeep.keep.wasi.memory import GuestMemory
+from wasmkeep.keep.wasi.output import GatheredOutput
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.calls import FDFLAGS, OFLAGS, POLL_READ, POLL_WRITE, HostCalls
 from wasmkeep.sallyport.types import TIME_NOW, FileStat, HandleKind, HostError, KeepManifest
@@ -168,11 +168,7 @@ class Preview1:
                     read_only=info.read_only,
                 ),
             )
-        # Gathered output: one stream at a time, so order across streams is kept.
-        self._pending_handle = -1
-        self._pending = bytearray()
-        self._pending_since = 0.0
-        self._write_error: dict[int, Errno] = {}
+        self.output = GatheredOutput(host.write)
 
     # -- plumbing -----------------------------------------------------------
     def attach_memory(self, memory: GuestMemory) -> None:
@@ -183,28 +179,8 @@ class Preview1:
         assert self.memory is not None, "guest memory is attached before _start"
         return self.memory
 
-    def output_pending(self) -> bool:
-        return bool(self._pending)
-
     def flush_output(self) -> None:
-        """Send gathered output to the host; a failure is reported on the next write."""
-        if not self._pending:
-            return
-        handle, data = self._pending_handle, bytes(self._pending)
-        self._pending.clear()
-        view = memoryview(data)
-        try:
-            while view:
-                written = self.host.write(handle, view)
-                if written <= 0:
-                    break
-                view = view[written:]
-        except HostError as error:
-            self._write_error[handle] = error.errno
-
-    def flush_if_stale(self, max_age: float) -> None:
-        if self._pending and time.monotonic() - self._pending_since >= max_age:
-            self.flush_output()
+        self.output.flush()
 
     def close_all(self) -> None:
         """Flush output and release every handle the guest still holds."""
@@ -340,8 +316,7 @@ class Preview1:
 
     def fd_close(self, fd: int) -> int:
         entry = self.fds.get(fd)
-        if entry.handle == self._pending_handle:
-            self.flush_output()
+        self.output.flush_handle(entry.handle)
         self.fds.remove(fd)
         self.host.close(entry.handle)
         return _SUCCESS
@@ -394,8 +369,6 @@ class Preview1:
 
     def fd_filestat_get(self, fd: int, buf: int) -> int:
         entry = self.fds.lookup(fd, Rights.FD_FILESTAT_GET)
-        if entry.handle == self._pending_handle:
-            self.flush_output()
         _pack_filestat(self.mem, buf, self.host.fstat(entry.handle))
         return _SUCCESS
 
@@ -452,22 +425,12 @@ class Preview1:
         handle = entry.handle
         kind = entry.kind
         if kind is HandleKind.STDOUT or kind is HandleKind.STDERR:
-            error = self._write_error.pop(handle, None)
-            if error is not None:
-                return error
             data = self._gather(iovs, iovs_len)
-            if handle != self._pending_handle:
-                self.flush_output()
-                self._pending_handle = handle
-            if not self._pending:
-                self._pending_since = time.monotonic()
-            self._pending += data
-            if len(self._pending) >= _OUTPUT_BUFFER:
-                self.flush_output()
+            self.output.append(handle, data)
             self.mem.write_u32(nwritten_ptr, len(data))
             return _SUCCESS
-        if self._pending:
-            self.flush_output()
+        if self.output.pending:
+            self.output.flush()
         data = self._gather(iovs, iovs_len)
         written = self.host.write(handle, data) if len(data) else 0
         self.mem.write_u32(nwritten_ptr, written)
@@ -516,8 +479,7 @@ class Preview1:
     def fd_renumber(self, fd: int, to: int) -> int:
         replaced = self.fds.renumber(fd, to)
         if replaced is not None:
-            if replaced.handle == self._pending_handle:
-                self.flush_output()
+            self.output.flush_handle(replaced.handle)
             self.host.close(replaced.handle)
         return _SUCCESS
 
@@ -777,7 +739,7 @@ class Preview1:
 
 
 def _nul_terminated(items: Iterable[str]) -> list[bytes]:
-    return [item.encode("utf-8") + b"\0" for item in items]
+    return [item.encode("utf-8", "surrogateescape") + b"\0" for item in items]
 
 
 def _write_strings(mem: GuestMemory, items: list[bytes], pointers: int, buf: int) -> None:
