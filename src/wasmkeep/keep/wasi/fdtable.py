@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wasmkeep.keep.wasi.abi import Rights
 from wasmkeep.sallyport.types import Errno, FileType, HandleKind, HostError
@@ -28,15 +28,15 @@ class FdEntry:
     preopen: str | None = None
     #: Set for every fd under a read-only preopen: no right that changes files.
     read_only: bool = False
+    is_directory: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_directory = self.filetype == FileType.DIRECTORY
 
     def require(self, rights: int) -> None:
         """Raise NOTCAPABLE unless this fd holds all of `rights`."""
         if self.rights_base & rights != rights:
             raise HostError(Errno.NOTCAPABLE)
-
-    @property
-    def is_directory(self) -> bool:
-        return self.filetype == FileType.DIRECTORY
 
 
 class FdTable:

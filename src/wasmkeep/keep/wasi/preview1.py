@@ -137,7 +137,8 @@ class Preview1:
         self.host = host
         self.limits = limits
         self._random = random
-        self.memory: GuestMemory | None = None
+        # Until the instance exists there is no memory: every access is a FAULT.
+        self.mem = GuestMemory(0, lambda: 0)
         self._args = _nul_terminated(manifest.args)
         self._env = _nul_terminated(f"{key}={value}" for key, value in manifest.env)
         self.fds = FdTable(limits.max_open_fds)
@@ -172,12 +173,7 @@ class Preview1:
 
     # -- plumbing -----------------------------------------------------------
     def attach_memory(self, memory: GuestMemory) -> None:
-        self.memory = memory
-
-    @property
-    def mem(self) -> GuestMemory:
-        assert self.memory is not None, "guest memory is attached before _start"
-        return self.memory
+        self.mem = memory
 
     def flush_output(self) -> None:
         self.output.flush()
@@ -206,12 +202,16 @@ class Preview1:
         return vectors
 
     def _gather(self, iovs: int, count: int) -> bytes | memoryview:
-        vectors = self._iovecs(iovs, count)
-        view = self.mem.view
-        if len(vectors) == 1:
-            ptr, length = vectors[0]
-            return view[ptr : ptr + length]
-        return b"".join(view[ptr : ptr + length] for ptr, length in vectors)
+        """The bytes an iovec array points at: a view of guest memory if there is
+        one vector (the common case, kept short), else a copy joined together."""
+        mem = self.mem
+        if count == 1:
+            mem.check(iovs, 8)
+            ptr, length = abi.CIOVEC.unpack_from(mem.view, iovs)
+            mem.check(ptr, length)
+            return mem.view[ptr : ptr + length]
+        view = mem.view
+        return b"".join(view[ptr : ptr + length] for ptr, length in self._iovecs(iovs, count))
 
     def _scatter(self, vectors: list[tuple[int, int]], data: bytes) -> int:
         view = self.mem.view
