@@ -23,7 +23,6 @@ import ctypes
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +129,8 @@ class ModuleCache:
         return module, False
 
     def _store(self, path: Path, module: wasmtime.Module) -> None:
+        import tempfile  # only on a cache miss: it costs start-up time otherwise
+
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             data = module.serialize()

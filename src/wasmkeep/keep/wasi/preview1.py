@@ -28,7 +28,14 @@ from wasmkeep.keep.wasi.memory import GuestMemory
 from wasmkeep.keep.wasi.output import GatheredOutput
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.calls import FDFLAGS, OFLAGS, POLL_READ, POLL_WRITE, HostCalls
-from wasmkeep.sallyport.types import TIME_NOW, FileStat, HandleKind, HostError, KeepManifest
+from wasmkeep.sallyport.types import (
+    TIME_NOW,
+    FileStat,
+    HandleInfo,
+    HandleKind,
+    HostError,
+    KeepManifest,
+)
 
 __all__ = ["IMPORT_MODULE", "KEEP_LOCAL", "SIGNATURES", "Preview1", "ProcExit"]
 
@@ -143,32 +150,7 @@ class Preview1:
         self._env = _nul_terminated(f"{key}={value}" for key, value in manifest.env)
         self.fds = FdTable(limits.max_open_fds)
         for number, info in enumerate(manifest.fds):
-            rights = rights_for(info.filetype, read_only=info.read_only)
-            if info.kind in (HandleKind.STDIN, HandleKind.NULL):
-                base = rights & ~Rights.FD_WRITE if info.kind == HandleKind.STDIN else rights
-            elif info.kind in (HandleKind.STDOUT, HandleKind.STDERR):
-                base = rights & ~Rights.FD_READ
-            else:
-                base = rights
-            if info.filetype == FileType.CHARACTER_DEVICE:
-                # isatty() in wasi-libc: a character device without seek or tell.
-                base &= ~(Rights.FD_SEEK | Rights.FD_TELL)
-            # A read-only directory passes FD_WRITE on, so that asking to open a
-            # file for writing is refused with ROFS instead of quietly giving a
-            # fd that cannot write (see path_open).
-            inheriting = Rights.ALL
-            self.fds.place(
-                number,
-                FdEntry(
-                    handle=info.handle,
-                    kind=info.kind,
-                    filetype=info.filetype,
-                    rights_base=base,
-                    rights_inheriting=inheriting if info.kind == HandleKind.DIRECTORY else 0,
-                    preopen=info.guest_path if info.kind == HandleKind.DIRECTORY else None,
-                    read_only=info.read_only,
-                ),
-            )
+            self.fds.place(number, _boot_entry(info))
         self.output = GatheredOutput(host.write)
 
     # -- plumbing -----------------------------------------------------------
@@ -736,6 +718,31 @@ class Preview1:
     def sock_shutdown(self, fd: int, how: int) -> int:
         self._socket(fd, Rights.SOCK_SHUTDOWN)
         return Errno.NOTSUP
+
+
+def _boot_entry(info: HandleInfo) -> FdEntry:
+    """The fd the guest starts with for one entry of the manifest."""
+    base = rights_for(info.filetype, read_only=info.read_only)
+    if info.kind is HandleKind.STDIN:
+        base &= ~Rights.FD_WRITE
+    elif info.kind in (HandleKind.STDOUT, HandleKind.STDERR):
+        base &= ~Rights.FD_READ
+    if info.filetype == FileType.CHARACTER_DEVICE:
+        # isatty() in wasi-libc: a character device without seek or tell.
+        base &= ~(Rights.FD_SEEK | Rights.FD_TELL)
+    directory = info.kind is HandleKind.DIRECTORY
+    return FdEntry(
+        handle=info.handle,
+        kind=info.kind,
+        filetype=info.filetype,
+        rights_base=base,
+        # A read-only directory passes FD_WRITE on too, so that asking to open a
+        # file for writing is refused with ROFS (path_open) rather than quietly
+        # giving a fd that cannot write.
+        rights_inheriting=Rights.ALL if directory else 0,
+        preopen=info.guest_path if directory else None,
+        read_only=info.read_only,
+    )
 
 
 def _nul_terminated(items: Iterable[str]) -> list[bytes]:
