@@ -374,6 +374,11 @@ class Executor:
     @_translated
     def stat_at(self, dir_handle: int, path: str, follow: bool) -> FileStat:
         parent = self._directory(dir_handle)
+        if follow and beneath.is_plain_name(path):
+            # Fast path: a plain name that is not a symlink needs no openat2.
+            st = os.stat(path, dir_fd=parent.fd, follow_symlinks=False)
+            if not stat_module.S_ISLNK(st.st_mode):
+                return _filestat(st)
         if follow:
             fd = beneath.open_beneath(parent.fd, path, os.O_PATH)
             try:
