@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import wasmkeep.config
 from wasmkeep.config import (
     EXAMPLE_CONFIG,
     Config,
@@ -76,25 +75,6 @@ def config_error(tmp_path: Path, text: str | bytes) -> str:
 def uncomment_examples(text: str) -> str:
     """EXAMPLE_CONFIG with its examples (lines of "#" then no space) made active."""
     return re.sub(r"(?m)^#(?=\S)", "", text)
-
-
-def test_public_api_is_pinned() -> None:
-    assert set(wasmkeep.config.__all__) == {
-        "EXAMPLE_CONFIG",
-        "Config",
-        "ConnectFile",
-        "DirSpec",
-        "FileSpec",
-        "ListenFile",
-        "NullFile",
-        "Protocol",
-        "StderrFile",
-        "StdinFile",
-        "StdoutFile",
-        "default_config",
-        "load_config",
-        "parse_config",
-    }
 
 
 # -- valid configs ----------------------------------------------------------------------

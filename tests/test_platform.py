@@ -111,22 +111,6 @@ def tsm_reader(provider: str) -> Callable[[Path], str]:
     return lambda report_dir: _probes.read_tsm_provider(report_dir, mkdir=mkdir, rmdir=rmdir)
 
 
-# -- the public surface ----------------------------------------------------------
-
-
-def test_public_api_is_pinned() -> None:
-    assert sorted(platform.__all__) == [
-        "BACKENDS",
-        "BackendReport",
-        "Check",
-        "ProbeResult",
-        "Probes",
-        "most_isolating_available",
-        "platform_document",
-        "probe_platform",
-    ]
-
-
 def test_backends_are_reported_in_order_and_only_nil_is_implemented(tmp_path: Path) -> None:
     reports = probe_platform(tmp_path, stub_probes())
     assert [r.name for r in reports] == ["nil", "process", "vm", "snp", "tdx", "sgx"]

@@ -30,6 +30,32 @@ PUBLIC = {
     "wasmkeep.keep.runtime": ["RunOptions", "check_interface", "run_workload"],
     "wasmkeep.host.executor": ["Executor", "errno_of"],
     "wasmkeep.host.setup": ["prepare_host"],
+    "wasmkeep.host.platform": [
+        "BACKENDS",
+        "BackendReport",
+        "Check",
+        "ProbeResult",
+        "Probes",
+        "most_isolating_available",
+        "platform_document",
+        "probe_platform",
+    ],
+    "wasmkeep.config": [
+        "EXAMPLE_CONFIG",
+        "Config",
+        "ConnectFile",
+        "DirSpec",
+        "FileSpec",
+        "ListenFile",
+        "NullFile",
+        "Protocol",
+        "StderrFile",
+        "StdinFile",
+        "StdoutFile",
+        "default_config",
+        "load_config",
+        "parse_config",
+    ],
 }
 
 
