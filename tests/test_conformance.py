@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import run_wasmkeep
 
 SUITE = Path(__file__).resolve().parent / "conformance" / "wasi-testsuite" / "tests"
-BACKENDS = ["nil"]
+BACKENDS = ["nil", "process"]
 TESTS = sorted(SUITE.glob("*/testsuite/wasm32-wasip1/*.wasm"))
 
 

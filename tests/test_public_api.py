@@ -27,7 +27,7 @@ PUBLIC = {
     "wasmkeep.workload": ["Workload"],
     "wasmkeep.limits": ["DEFAULT_LIMITS", "Limits"],
     "wasmkeep.sallyport.calls": ["FDFLAGS", "HostCalls", "OFLAGS", "POLL_READ", "POLL_WRITE"],
-    "wasmkeep.keep.runtime": ["RunOptions", "check_interface", "run_workload"],
+    "wasmkeep.keep.runtime": ["PreparedRun", "RunOptions", "check_interface", "run_workload"],
     "wasmkeep.host.executor": ["Executor", "errno_of"],
     "wasmkeep.host.setup": ["prepare_host"],
     "wasmkeep.host.platform": [

@@ -1,5 +1,6 @@
-"""`wasmkeep run` end to end on nil: examples, exit statuses, traps, limits,
-module errors and the compile cache, through the command as a user runs it."""
+"""`wasmkeep run` end to end on nil and in a process keep: examples, exit
+statuses, traps, limits, module errors and the compile cache (nil only),
+through the command as a user runs it."""
 
 from __future__ import annotations
 
@@ -17,16 +18,24 @@ from tests.conftest import EXAMPLES, run_wasmkeep, wasmkeep_command
 Build = Callable[[str], Path]
 
 
-def test_hello(example: Build) -> None:
-    result = run_wasmkeep(["run", str(example("hello"))])
+@pytest.fixture(params=["nil", "process"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every behaviour here is the same on both keeps."""
+    return str(request.param)
+
+
+def test_hello(example: Build, backend: str) -> None:
+    result = run_wasmkeep(["run", "--backend", backend, str(example("hello"))])
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"Hello from inside a keep!\n"
     assert result.stderr == b""
 
 
-def test_args_and_env_reach_the_guest(example: Build) -> None:
+def test_args_and_env_reach_the_guest(example: Build, backend: str) -> None:
     module = example("echo")
-    result = run_wasmkeep(["run", "--env", "GREETING=hi there", str(module), "one", "two words"])
+    result = run_wasmkeep(
+        ["run", "--backend", backend, "--env", "GREETING=hi there", str(module), "one", "two words"]
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines() == [
         "argc=3",
@@ -37,18 +46,20 @@ def test_args_and_env_reach_the_guest(example: Build) -> None:
     ]
 
 
-def test_options_after_the_module_belong_to_the_guest(example: Build) -> None:
-    result = run_wasmkeep(["run", str(example("echo")), "--env", "X=1"])
+def test_options_after_the_module_belong_to_the_guest(example: Build, backend: str) -> None:
+    result = run_wasmkeep(["run", "--backend", backend, str(example("echo")), "--env", "X=1"])
     assert result.stdout.decode().splitlines()[2:] == ["argv[1]=--env", "argv[2]=X=1"]
 
 
-def test_config_file_args_env_and_fd_names(example: Build, tmp_path: Path) -> None:
+def test_config_file_args_env_and_fd_names(example: Build, tmp_path: Path, backend: str) -> None:
     config = tmp_path / "Enarx.toml"
     config.write_text(
         'args = ["from-config"]\n[env]\nMODE = "config"\n'
         '[[files]]\nkind = "null"\n[[files]]\nkind = "stdout"\n[[files]]\nkind = "stderr"\n'
     )
-    result = run_wasmkeep(["run", "--config", str(config), str(example("echo")), "from-cli"])
+    result = run_wasmkeep(
+        ["run", "--backend", backend, "--config", str(config), str(example("echo")), "from-cli"]
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
     assert lines[2:4] == ["argv[1]=from-config", "argv[2]=from-cli"]
@@ -59,7 +70,7 @@ def test_config_file_args_env_and_fd_names(example: Build, tmp_path: Path) -> No
     }
 
 
-def test_wordcount_on_preopened_directories(example: Build, tmp_path: Path) -> None:
+def test_wordcount_on_preopened_directories(example: Build, tmp_path: Path, backend: str) -> None:
     texts = EXAMPLES / "wordcount" / "texts"
     out = tmp_path / "out"
     out.mkdir()
@@ -88,13 +99,15 @@ def test_wordcount_on_preopened_directories(example: Build, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("status", "expected"), [(0, 0), (3, 3), (42, 42), (255, 255), (256, 1)])
-def test_exit_status_is_propagated(workload: Build, status: int, expected: int) -> None:
-    result = run_wasmkeep(["run", str(workload("exit_with")), str(status)])
+def test_exit_status_is_propagated(
+    workload: Build, status: int, expected: int, backend: str
+) -> None:
+    result = run_wasmkeep(["run", "--backend", backend, str(workload("exit_with")), str(status)])
     assert result.returncode == expected
 
 
-def test_trap_names_the_trap_and_where(workload: Build) -> None:
-    result = run_wasmkeep(["run", str(workload("trap"))])
+def test_trap_names_the_trap_and_where(workload: Build, backend: str) -> None:
+    result = run_wasmkeep(["run", "--backend", backend, str(workload("trap"))])
     assert result.returncode == 134
     assert result.stdout == b"before the trap\n"
     message = result.stderr.decode()
@@ -104,9 +117,11 @@ def test_trap_names_the_trap_and_where(workload: Build) -> None:
     assert "Traceback" not in message
 
 
-def test_timeout_stops_guest_code(workload: Build) -> None:
+def test_timeout_stops_guest_code(workload: Build, backend: str) -> None:
     started = time.monotonic()
-    result = run_wasmkeep(["run", "--timeout", "0.5", str(workload("spin"))], timeout=30)
+    result = run_wasmkeep(
+        ["run", "--backend", backend, "--timeout", "0.5", str(workload("spin"))], timeout=30
+    )
     assert result.returncode == 124
     assert b"wall-clock limit of 0.5 s" in result.stderr
     assert time.monotonic() - started < 10
@@ -128,42 +143,52 @@ def _run_with_silent_stdin(args: list[str]) -> subprocess.CompletedProcess[bytes
         os.close(write_end)
 
 
-def test_timeout_stops_a_blocked_host_call(workload: Build) -> None:
-    result = _run_with_silent_stdin(["run", "--timeout", "0.5", str(workload("cat"))])
+def test_timeout_stops_a_blocked_host_call(workload: Build, backend: str) -> None:
+    result = _run_with_silent_stdin(
+        ["run", "--backend", backend, "--timeout", "0.5", str(workload("cat"))]
+    )
     assert result.returncode == 124
     assert b"wall-clock limit" in result.stderr
 
 
-def test_memory_ceiling_is_what_the_guest_can_allocate(workload: Build) -> None:
-    result = run_wasmkeep(["run", "--max-memory", "64M", str(workload("alloc")), "1024"])
+def test_memory_ceiling_is_what_the_guest_can_allocate(workload: Build, backend: str) -> None:
+    result = run_wasmkeep(
+        ["run", "--backend", backend, "--max-memory", "64M", str(workload("alloc")), "1024"]
+    )
     assert result.returncode == 0, result.stderr
     allocated = int(result.stdout.split()[1])
     assert 32 <= allocated < 64
 
 
-def test_memory_ceiling_below_the_initial_memory_is_a_clear_error(workload: Build) -> None:
-    result = run_wasmkeep(["run", "--max-memory", "64K", str(workload("alloc"))])
+def test_memory_ceiling_below_the_initial_memory_is_a_clear_error(
+    workload: Build, backend: str
+) -> None:
+    result = run_wasmkeep(
+        ["run", "--backend", backend, "--max-memory", "64K", str(workload("alloc"))]
+    )
     assert result.returncode == 2
     assert b"cannot instantiate" in result.stderr
 
 
 @pytest.mark.parametrize("value", ["lots", "0", "5G", "12Q"])
-def test_bad_memory_size_is_a_usage_error(workload: Build, value: str) -> None:
-    result = run_wasmkeep(["run", "--max-memory", value, str(workload("exit_with"))])
+def test_bad_memory_size_is_a_usage_error(workload: Build, value: str, backend: str) -> None:
+    result = run_wasmkeep(
+        ["run", "--backend", backend, "--max-memory", value, str(workload("exit_with"))]
+    )
     assert result.returncode == 2
     assert b"--max-memory" in result.stderr
 
 
-def test_stdin_to_stdout(workload: Build) -> None:
+def test_stdin_to_stdout(workload: Build, backend: str) -> None:
     data = bytes(range(256)) * 4096
-    result = run_wasmkeep(["run", str(workload("cat"))], input=data)
+    result = run_wasmkeep(["run", "--backend", backend, str(workload("cat"))], input=data)
     assert result.returncode == 0
     assert result.stdout == data
 
 
-def test_buffered_output_keeps_the_order_across_streams(workload: Build) -> None:
+def test_buffered_output_keeps_the_order_across_streams(workload: Build, backend: str) -> None:
     result = subprocess.run(
-        [*wasmkeep_command(), "run", str(workload("interleave"))],
+        [*wasmkeep_command(), "run", "--backend", backend, str(workload("interleave"))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         check=False,
@@ -173,10 +198,12 @@ def test_buffered_output_keeps_the_order_across_streams(workload: Build) -> None
     assert result.stdout.decode().splitlines() == expected
 
 
-def test_output_is_flushed_while_the_guest_keeps_running(tmp_path: Path, workload: Build) -> None:
+def test_output_is_flushed_while_the_guest_keeps_running(
+    tmp_path: Path, workload: Build, backend: str
+) -> None:
     # trap.c prints, flushes, then traps: the line must arrive before the trap message.
     result = subprocess.run(
-        [*wasmkeep_command(), "run", str(workload("trap"))],
+        [*wasmkeep_command(), "run", "--backend", backend, str(workload("trap"))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         check=False,
@@ -184,12 +211,18 @@ def test_output_is_flushed_while_the_guest_keeps_running(tmp_path: Path, workloa
     assert result.stdout.decode().splitlines()[0] == "before the trap"
 
 
-def test_poll_oneoff_on_stdin_and_a_clock(workload: Build) -> None:
-    ready = run_wasmkeep(["run", str(workload("poll_stdin")), "2000"], input=b"hello\n")
+def test_poll_oneoff_on_stdin_and_a_clock(workload: Build, backend: str) -> None:
+    ready = run_wasmkeep(
+        ["run", "--backend", backend, str(workload("poll_stdin")), "2000"], input=b"hello\n"
+    )
     assert ready.stdout == b"stdin ready, 6 bytes\n"
-    silent = _run_with_silent_stdin(["run", str(workload("poll_stdin")), "200"])
+    silent = _run_with_silent_stdin(
+        ["run", "--backend", backend, str(workload("poll_stdin")), "200"]
+    )
     assert silent.stdout == b"timeout\n"
-    closed = run_wasmkeep(["run", str(workload("poll_stdin")), "2000"], input=b"")
+    closed = run_wasmkeep(
+        ["run", "--backend", backend, str(workload("poll_stdin")), "2000"], input=b""
+    )
     assert closed.stdout == b"stdin ready, 0 bytes\n"  # end of file is readable
 
 
@@ -215,62 +248,64 @@ def _wat2wasm(tmp_path: Path, text: str) -> Path:
         (b"\0asm\x01\x00\x00\x00\xff\xff", b"does not validate"),
     ],
 )
-def test_bad_module_bytes(tmp_path: Path, content: bytes, message: bytes) -> None:
+def test_bad_module_bytes(tmp_path: Path, content: bytes, message: bytes, backend: str) -> None:
     module = tmp_path / "bad.wasm"
     module.write_bytes(content)
-    result = run_wasmkeep(["run", str(module)])
+    result = run_wasmkeep(["run", "--backend", backend, str(module)])
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stderr.count(b"\n") == 1, "one line, no traceback"
 
 
-def test_unknown_imports_are_named(tmp_path: Path) -> None:
+def test_unknown_imports_are_named(tmp_path: Path, backend: str) -> None:
     module = _wat2wasm(
         tmp_path,
         '(module (import "env" "magic" (func (param i32) (result i32)))'
         ' (import "wasi_snapshot_preview1" "fd_write" (func (param i64)))'
         ' (memory (export "memory") 1) (func (export "_start")))',
     )
-    result = run_wasmkeep(["run", str(module)])
+    result = run_wasmkeep(["run", "--backend", backend, str(module)])
     assert result.returncode == 2
     assert b"env.magic (func (i32) -> (i32))" in result.stderr
     assert b"wasi_snapshot_preview1.fd_write (func (i64) -> ())" in result.stderr
 
 
-def test_missing_start_and_reactors(tmp_path: Path) -> None:
+def test_missing_start_and_reactors(tmp_path: Path, backend: str) -> None:
     no_start = _wat2wasm(tmp_path, '(module (memory (export "memory") 1))')
-    assert b"exports no _start" in run_wasmkeep(["run", str(no_start)]).stderr
+    assert b"exports no _start" in run_wasmkeep(["run", "--backend", backend, str(no_start)]).stderr
     reactor = _wat2wasm(
         tmp_path, '(module (memory (export "memory") 1) (func (export "_initialize")))'
     )
-    assert b"is a reactor" in run_wasmkeep(["run", str(reactor)]).stderr
+    assert b"is a reactor" in run_wasmkeep(["run", "--backend", backend, str(reactor)]).stderr
     no_memory = _wat2wasm(tmp_path, '(module (func (export "_start")))')
-    assert b"exports no memory" in run_wasmkeep(["run", str(no_memory)]).stderr
+    assert (
+        b"exports no memory" in run_wasmkeep(["run", "--backend", backend, str(no_memory)]).stderr
+    )
 
 
-def test_module_too_large_is_refused_before_reading(tmp_path: Path) -> None:
+def test_module_too_large_is_refused_before_reading(tmp_path: Path, backend: str) -> None:
     module = tmp_path / "huge.wasm"
     with module.open("wb") as file:
         file.truncate(257 * 1024 * 1024)  # sparse: costs no disk
-    result = run_wasmkeep(["run", str(module)])
+    result = run_wasmkeep(["run", "--backend", backend, str(module)])
     assert result.returncode == 2
     assert b"more than the limit of 268435456 bytes" in result.stderr
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])
-def test_module_path_errors(tmp_path: Path, kind: str) -> None:
+def test_module_path_errors(tmp_path: Path, kind: str, backend: str) -> None:
     path = tmp_path / "module.wasm"
     if kind == "directory":
         path.mkdir()
-    result = run_wasmkeep(["run", str(path)])
+    result = run_wasmkeep(["run", "--backend", backend, str(path)])
     assert result.returncode == 2
     assert result.stderr.startswith(b"wasmkeep: error: ")
 
 
-def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+def test_verbose_shows_the_traceback(tmp_path: Path, backend: str) -> None:
     module = tmp_path / "bad.wasm"
     module.write_bytes(b"nope")
-    result = run_wasmkeep(["--verbose", "run", str(module)])
+    result = run_wasmkeep(["--verbose", "run", "--backend", backend, str(module)])
     assert b"Traceback" in result.stderr
     assert result.returncode == 2
 
@@ -281,28 +316,30 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
 def test_second_run_loads_the_compiled_module(example: Build, tmp_path: Path) -> None:
     env = {"XDG_CACHE_HOME": str(tmp_path)}
     module = str(example("hello"))
-    first = run_wasmkeep(["--verbose", "run", module], env=env)
+    first = run_wasmkeep(["--verbose", "run", "--backend", "nil", module], env=env)
     assert b"compiled sha256:" in first.stderr
     cached = list((tmp_path / "wasmkeep" / "modules").glob("*.cwasm"))
     assert len(cached) == 1
     assert (tmp_path / "wasmkeep" / "modules").stat().st_mode & 0o777 == 0o700
-    second = run_wasmkeep(["--verbose", "run", module], env=env)
+    second = run_wasmkeep(["--verbose", "run", "--backend", "nil", module], env=env)
     assert b"loaded sha256:" in second.stderr
     assert second.stdout == first.stdout
 
     cached[0].write_bytes(b"garbage")  # a damaged cache costs time, not correctness
-    third = run_wasmkeep(["--verbose", "run", module], env=env)
+    third = run_wasmkeep(["--verbose", "run", "--backend", "nil", module], env=env)
     assert third.returncode == 0 and b"compiled sha256:" in third.stderr
     assert cached[0].read_bytes() != b"garbage"
 
-    fresh = run_wasmkeep(["--verbose", "run", "--no-cache", module], env=env)
+    fresh = run_wasmkeep(["--verbose", "run", "--backend", "nil", "--no-cache", module], env=env)
     assert b"compiled sha256:" in fresh.stderr
 
 
 def test_unwritable_cache_still_runs(example: Build, tmp_path: Path) -> None:
     blocker = tmp_path / "file-not-dir"
     blocker.write_text("")
-    result = run_wasmkeep(["run", str(example("hello"))], env={"XDG_CACHE_HOME": str(blocker)})
+    result = run_wasmkeep(
+        ["run", "--backend", "nil", str(example("hello"))], env={"XDG_CACHE_HOME": str(blocker)}
+    )
     assert result.returncode == 0
     assert result.stdout == b"Hello from inside a keep!\n"
 

@@ -12,7 +12,7 @@ from wasmkeep.errors import ConfigError
 
 __all__ = ["exit_code", "run"]
 
-BACKENDS = ("nil",)
+BACKENDS = ("process", "nil")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -73,7 +73,14 @@ def exit_code(status: int) -> int:
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit, seconds."
 )
+@click.option(
+    "--cpu-time",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="CPU-time limit of a process keep (RLIMIT_CPU).",
+)
 @click.option("--no-cache", is_flag=True, help="Compile the module even if a cached copy exists.")
+@click.option("--keep-test-hook", default="", hidden=True)
 @click.argument("module")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @report_errors
@@ -85,7 +92,9 @@ def run(
     env: tuple[str, ...],
     max_memory: str,
     timeout: float | None,
+    cpu_time: int | None,
     no_cache: bool,
+    keep_test_hook: str,
     module: str,
     args: tuple[str, ...],
 ) -> None:
@@ -95,8 +104,6 @@ def run(
     workload gets stdin, stdout and stderr, no environment and no files.
     """
     from wasmkeep.host.setup import prepare_host
-    from wasmkeep.keep.engine import ModuleCache
-    from wasmkeep.keep.runtime import RunOptions, run_workload
     from wasmkeep.workload import Workload
 
     limit = parse_size(max_memory)
@@ -108,17 +115,43 @@ def run(
         config = config.with_overrides(args=args, env=env, dirs=dirs, readonly_dirs=readonly_dirs)
         args = ()  # now part of the config
     workload = Workload.from_file(module)
-    options = RunOptions(
-        max_memory=limit,
-        timeout=timeout,
-        cache=None if no_cache else ModuleCache.default(),
-    )
-    # nil: the keep runtime runs in this process, its host is the executor.
+    backend = backend or _default_backend()
     executor, manifest = prepare_host(
         config, module, args=args, export_fd_names=config_path is not None
     )
     try:
-        status = run_workload(workload, manifest, executor, options)
+        if backend == "process":
+            from wasmkeep.host.process_keep import ProcessKeepOptions, run_in_process_keep
+
+            options = ProcessKeepOptions(
+                max_memory=limit, timeout=timeout, cpu_seconds=cpu_time, test_hook=keep_test_hook
+            )
+            status = run_in_process_keep(workload, manifest, executor, options)
+        else:
+            # nil: the keep runtime runs in this process, its host is the executor.
+            from wasmkeep.keep.engine import ModuleCache
+            from wasmkeep.keep.runtime import RunOptions, run_workload
+
+            run_options = RunOptions(
+                max_memory=limit,
+                timeout=timeout,
+                cache=None if no_cache else ModuleCache.default(),
+            )
+            status = run_workload(workload, manifest, executor, run_options)
     finally:
         executor.close_all()
     sys.exit(exit_code(status))
+
+
+def _default_backend() -> str:
+    from wasmkeep.host.backends import process_keep_unsupported
+
+    reason = process_keep_unsupported()
+    if reason is None:
+        return "process"
+    click.echo(
+        f"wasmkeep: warning: running on the nil backend, without isolation: {reason} "
+        "(see `wasmkeep platform info`)",
+        err=True,
+    )
+    return "nil"

@@ -61,6 +61,9 @@ class EngineSettings:
     #: Compile in epoch checks, which the wall-clock limit needs. They cost
     #: ~4% of compute here, so code runs without them when there is no limit.
     epoch_interruption: bool = False
+    #: Compile functions on several threads. A process keep compiles on one:
+    #: threads made before lockdown would escape its per-thread sandbox.
+    parallel_compilation: bool = True
 
     def fingerprint(self) -> str:
         """A short name for the settings that make compiled code differ.
@@ -81,7 +84,7 @@ def make_engine(settings: EngineSettings) -> wasmtime.Engine:
     config.max_wasm_stack = settings.max_wasm_stack
     # One view of memory for the whole run: memory never moves (module docstring).
     config.memory_may_move = False
-    config.parallel_compilation = True
+    config.parallel_compilation = settings.parallel_compilation
     return wasmtime.Engine(config)
 
 

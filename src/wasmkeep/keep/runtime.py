@@ -33,7 +33,7 @@ from wasmkeep.sallyport.calls import HostCalls
 from wasmkeep.sallyport.types import KeepManifest
 from wasmkeep.workload import Workload
 
-__all__ = ["RunOptions", "check_interface", "run_workload"]
+__all__ = ["PreparedRun", "RunOptions", "check_interface", "run_workload"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class RunOptions:
     cache: ModuleCache | None = None
     settings: EngineSettings = field(default_factory=EngineSettings)
     limits: Limits = DEFAULT_LIMITS
+    #: Interrupt a host call blocked past the deadline with SIGALRM (nil). A
+    #: process keep leaves that to its host, which can see the call block.
+    interrupt_host_calls: bool = True
 
 
 def check_interface(module: wasmtime.Module, name: str) -> None:
@@ -120,6 +123,96 @@ class _DeadlinePassed(Exception):
     """Raised by the timer signal inside a blocking host call."""
 
 
+class PreparedRun:
+    """A workload compiled, checked against what wasmkeep provides, and
+    instantiated: everything but running it.
+
+    The process keep locks itself down between preparing and running, so that
+    compilation (which needs more of the system) happens before and guest code
+    only after.
+    """
+
+    def __init__(
+        self,
+        workload: Workload,
+        manifest: KeepManifest,
+        host: HostCalls,
+        options: RunOptions | None = None,
+    ) -> None:
+        self.options = options = options or RunOptions()
+        settings = options.settings
+        if options.timeout is not None and not settings.epoch_interruption:
+            settings = dataclasses.replace(settings, epoch_interruption=True)
+        self.settings = settings
+        self.engine = engine_module.make_engine(settings)
+        started = time.perf_counter()
+        if options.cache is not None:
+            module, cached = options.cache.load(
+                self.engine, settings, workload.digest, workload.wasm
+            )
+        else:
+            module, cached = engine_module.compile_module(self.engine, workload.wasm), False
+        log.debug(
+            "%s %s in %.0f ms",
+            "loaded" if cached else "compiled",
+            workload.digest,
+            (time.perf_counter() - started) * 1000,
+        )
+        check_interface(module, workload.name)
+
+        self.store = store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=options.max_memory)
+        self.wasi = wasi = Preview1(manifest, host, options.limits)
+        self.outcome = _Outcome()
+        linker = wasmtime.Linker(self.engine)
+        self._natives = engine_module.bind_preview1(linker, wasi, self.outcome.fail)
+        try:
+            instance = linker.instantiate(store, module)
+        except wasmtime.Trap as trap:
+            raise WorkloadTrapped(_describe_trap(trap, "while starting")) from None
+        except wasmtime.WasmtimeError as error:
+            raise WorkloadError(
+                f"{workload.name}: cannot instantiate: {_first_line(error)}"
+            ) from None
+        exports = instance.exports(store)
+        memory = exports["memory"]
+        start = exports["_start"]
+        assert isinstance(memory, wasmtime.Memory)
+        assert isinstance(start, wasmtime.Func)
+        self._start = start
+        base = ctypes.addressof(memory.data_ptr(store).contents)
+        wasi.attach_memory(GuestMemory(base, lambda: memory.data_len(store)))
+
+    def run(self) -> int:
+        """Run `_start` to its end; returns the exit status (see run_workload)."""
+        options, outcome, wasi = self.options, self.outcome, self.wasi
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        if self.settings.epoch_interruption:
+
+            def on_epoch() -> str | None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    outcome.timed_out = True
+                    return "wall-clock limit reached"
+                return None
+
+            self._natives.append(engine_module.install_epoch_callback(self.store, on_epoch))
+        ticker = engine_module.Ticker(
+            self.engine if self.settings.epoch_interruption else None,
+            lambda: wasi.output.flush_if_stale(OUTPUT_MAX_AGE),
+        )
+        signal_timeout = options.timeout if options.interrupt_host_calls else None
+        try:
+            with ticker, _deadline_signal(signal_timeout):
+                self._start(self.store)
+            status = 0
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
+            status = _resolve(outcome, error, options)
+        finally:
+            wasi.close_all()
+            wasi.mem.release()
+        return status
+
+
 def run_workload(
     workload: Workload,
     manifest: KeepManifest,
@@ -131,71 +224,7 @@ def run_workload(
     Raises WorkloadError for a module that cannot run, WorkloadTrapped,
     WorkloadTimedOut, or the KeepError a host call raised.
     """
-    options = options or RunOptions()
-    settings = options.settings
-    if options.timeout is not None and not settings.epoch_interruption:
-        settings = dataclasses.replace(settings, epoch_interruption=True)
-    engine = engine_module.make_engine(settings)
-    started = time.perf_counter()
-    if options.cache is not None:
-        module, cached = options.cache.load(
-            engine, options.settings, workload.digest, workload.wasm
-        )
-    else:
-        module, cached = engine_module.compile_module(engine, workload.wasm), False
-    log.debug(
-        "%s %s in %.0f ms",
-        "loaded" if cached else "compiled",
-        workload.digest,
-        (time.perf_counter() - started) * 1000,
-    )
-    check_interface(module, workload.name)
-
-    store = wasmtime.Store(engine)
-    store.set_limits(memory_size=options.max_memory)
-    wasi = Preview1(manifest, host, options.limits)
-    outcome = _Outcome()
-    linker = wasmtime.Linker(engine)
-    natives = engine_module.bind_preview1(linker, wasi, outcome.fail)
-    try:
-        instance = linker.instantiate(store, module)
-    except wasmtime.Trap as trap:
-        raise WorkloadTrapped(_describe_trap(trap, "while starting")) from None
-    except wasmtime.WasmtimeError as error:
-        raise WorkloadError(f"{workload.name}: cannot instantiate: {_first_line(error)}") from None
-    exports = instance.exports(store)
-    memory = exports["memory"]
-    start = exports["_start"]
-    assert isinstance(memory, wasmtime.Memory)
-    assert isinstance(start, wasmtime.Func)
-    base = ctypes.addressof(memory.data_ptr(store).contents)
-    wasi.attach_memory(GuestMemory(base, lambda: memory.data_len(store)))
-
-    deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    if settings.epoch_interruption:
-
-        def on_epoch() -> str | None:
-            if deadline is not None and time.monotonic() >= deadline:
-                outcome.timed_out = True
-                return "wall-clock limit reached"
-            return None
-
-        natives.append(engine_module.install_epoch_callback(store, on_epoch))
-    ticker = engine_module.Ticker(
-        engine if settings.epoch_interruption else None,
-        lambda: wasi.output.flush_if_stale(OUTPUT_MAX_AGE),
-    )
-    try:
-        with ticker, _deadline_signal(options.timeout):
-            start(store)
-        status = 0
-    except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
-        status = _resolve(outcome, error, options)
-    finally:
-        wasi.close_all()
-        wasi.mem.release()
-    del natives
-    return status
+    return PreparedRun(workload, manifest, host, options).run()
 
 
 def _resolve(outcome: _Outcome, error: Exception, options: RunOptions) -> int:

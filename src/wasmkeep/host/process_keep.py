@@ -1,0 +1,214 @@
+"""Starting a process keep and serving it until it ends.
+
+The host makes a socketpair, starts `python -m wasmkeep.keep` with one end,
+sends it BOOT (the workload, its manifest and limits), answers its requests
+with the executor, and turns its EXIT into an exit status or the same error
+a nil run would raise. The keep never outlives this process: it is killed on
+any way out of :func:`run_in_process_keep` (Ctrl-C included), and it kills
+itself if this process dies (PR_SET_PDEATHSIG, see keep/lockdown.py).
+
+The host enforces the wall-clock limit too (a little after the keep's own),
+because a keep waiting for a host call that blocks (stdin, poll) cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from wasmkeep.errors import (
+    HostProtocolViolation,
+    KeepError,
+    WorkloadError,
+    WorkloadTimedOut,
+    WorkloadTrapped,
+)
+from wasmkeep.host.executor import Executor
+from wasmkeep.host.server import KeepVanished, serve
+from wasmkeep.sallyport.boot import Boot, Exit, Outcome
+from wasmkeep.sallyport.channel import Channel, ChannelClosed, frame_payload_limit
+from wasmkeep.sallyport.codec import Kind
+from wasmkeep.sallyport.types import KeepManifest
+from wasmkeep.workload import Workload
+
+__all__ = ["ProcessKeepOptions", "run_in_process_keep"]
+
+log = logging.getLogger(__name__)
+
+#: How long after its own deadline the keep has to report a timeout itself.
+TIMEOUT_GRACE = 1.0
+
+_ERRORS: dict[Outcome, type[KeepError] | type[WorkloadError]] = {
+    Outcome.WORKLOAD_ERROR: WorkloadError,
+    Outcome.TRAPPED: WorkloadTrapped,
+    Outcome.TIMED_OUT: WorkloadTimedOut,
+    Outcome.KEEP_ERROR: KeepError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessKeepOptions:
+    max_memory: int
+    timeout: float | None = None
+    cpu_seconds: int | None = None
+    test_hook: str = ""
+
+
+class _Deadline(Exception):
+    pass
+
+
+def run_in_process_keep(
+    workload: Workload, manifest: KeepManifest, executor: Executor, options: ProcessKeepOptions
+) -> int:
+    """Run the workload in a new process keep; returns its exit status."""
+    host_end, keep_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel = Channel(host_end.detach(), frame_payload_limit(executor.limits))
+    with tempfile.TemporaryFile() as keep_stderr:
+        try:
+            keep = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [
+                    sys.executable,
+                    "-I",
+                    "-m",
+                    "wasmkeep.keep",
+                    "--sallyport-fd",
+                    str(keep_end.fileno()),
+                ],
+                pass_fds=(keep_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=keep_stderr,
+                env={"LC_ALL": "C.UTF-8"},
+                # Its own process group: Ctrl-C reaches the host, which decides,
+                # and the launcher and the keep can be ended together.
+                process_group=0,
+            )
+        finally:
+            keep_end.close()
+        log.debug("process keep started: pid %d", keep.pid)
+        try:
+            ending = _serve_keep(keep, channel, workload, manifest, executor, options)
+        except KeepVanished:
+            ending = None
+        except BaseException:
+            _stop(keep)
+            raise
+        finally:
+            channel.close()
+        returncode = _wait(keep)
+        if ending is None:
+            keep_stderr.seek(0)
+            raise KeepError(_death_message(returncode, keep_stderr.read()[-2000:]))
+    return _status(ending)
+
+
+def _serve_keep(
+    keep: subprocess.Popen[bytes],
+    channel: Channel,
+    workload: Workload,
+    manifest: KeepManifest,
+    executor: Executor,
+    options: ProcessKeepOptions,
+) -> Exit:
+    boot = Boot(
+        name=workload.name,
+        wasm=workload.wasm,
+        manifest=manifest,
+        max_memory=options.max_memory,
+        timeout_ns=None if options.timeout is None else int(options.timeout * 1e9),
+        cpu_seconds=options.cpu_seconds,
+        test_hook=options.test_hook,
+    )
+    try:
+        channel.send(Kind.BOOT, 0, 0, boot.encode())
+    except ChannelClosed as error:
+        raise KeepVanished(str(error)) from None
+    try:
+        with _watchdog(options.timeout):
+            return serve(channel, executor)
+    except _Deadline:
+        _stop(keep)
+        raise WorkloadTimedOut(
+            f"the workload ran longer than its wall-clock limit of {options.timeout:g} s "
+            "and was stopped (blocked in a host call)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _watchdog(timeout: float | None) -> Iterator[None]:
+    """SIGALRM a little after the deadline, to end a host call that blocks."""
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    armed = True
+
+    def expire(signum: int, frame: object) -> None:
+        if armed:
+            raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout + TIMEOUT_GRACE)
+    try:
+        yield
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _stop(keep: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(keep.pid, signal.SIGKILL)
+    _wait(keep)
+
+
+def _wait(keep: subprocess.Popen[bytes]) -> int:
+    try:
+        return keep.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(keep.pid, signal.SIGKILL)
+        return keep.wait()
+
+
+def _status(ending: Exit) -> int:
+    if ending.outcome is Outcome.EXITED:
+        return ending.status
+    if ending.outcome is Outcome.HOST_VIOLATION:
+        # Our own message came back: the keep saw a reply it could not trust.
+        raise HostProtocolViolation(ending.message.removeprefix("host protocol violation: "))
+    error = _ERRORS[ending.outcome]
+    raise error(ending.message)
+
+
+def _death_message(returncode: int, stderr: bytes) -> str:
+    """Why the keep ended without saying how, as far as the host can tell."""
+    if returncode < 0 or returncode > 128:
+        number = -returncode if returncode < 0 else returncode - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        text = f"the keep process died: killed by {name}"
+        if number == signal.SIGSYS:
+            text += " (it made a system call outside its seccomp allow-list)"
+        elif number == signal.SIGKILL:
+            text += " (out of memory, its CPU limit, or killed from outside)"
+        elif number == signal.SIGXCPU:
+            text += " (its CPU-time limit)"
+    else:
+        text = f"the keep process ended with status {returncode} before reporting"
+    detail = stderr.decode("utf-8", "replace").strip().splitlines()
+    if detail:
+        text += f"; it said: {detail[-1]}"
+    return text
