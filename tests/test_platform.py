@@ -111,10 +111,10 @@ def tsm_reader(provider: str) -> Callable[[Path], str]:
     return lambda report_dir: _probes.read_tsm_provider(report_dir, mkdir=mkdir, rmdir=rmdir)
 
 
-def test_backends_are_reported_in_order_and_only_nil_is_implemented(tmp_path: Path) -> None:
+def test_backends_are_reported_in_order_and_nil_and_process_are_implemented(tmp_path: Path) -> None:
     reports = probe_platform(tmp_path, stub_probes())
     assert [r.name for r in reports] == ["nil", "process", "vm", "snp", "tdx", "sgx"]
-    assert [r.name for r in reports if r.implemented] == ["nil"]
+    assert [r.name for r in reports if r.implemented] == ["nil", "process"]
     for backend in reports:
         assert backend.isolation
         assert backend.checks
@@ -142,8 +142,8 @@ def test_nil_is_always_usable_and_says_it_does_not_isolate(tmp_path: Path) -> No
 def test_process_is_supported_when_every_probe_passes(tmp_path: Path) -> None:
     process = report(probe_platform(tmp_path, stub_probes()), "process")
     assert process.available
-    assert not process.implemented
-    assert process.summary.startswith("supported here")
+    assert process.implemented
+    assert process.summary.startswith("usable")
     assert set(checks(process)) == {
         "seccomp filters",
         "Landlock",
@@ -503,13 +503,13 @@ def test_most_isolating_ranks_a_tcg_vm_below_process_but_above_nil() -> None:
     assert most_isolating_available(without_process) == "vm"
 
 
-def test_most_isolating_is_nil_on_this_version(tmp_path: Path) -> None:
+def test_most_isolating_is_process_on_this_version(tmp_path: Path) -> None:
     make_tree(
         tmp_path, {"dev/kvm": "", "dev/sev": "", "sys/module/kvm_amd/parameters/sev_snp": "Y"}
     )
     reports = probe_platform(tmp_path, with_qemu())
     assert report(reports, "snp").available
-    assert most_isolating_available(reports) == "nil"
+    assert most_isolating_available(reports) == "process"
 
 
 def test_most_isolating_without_a_usable_backend_is_an_error() -> None:
@@ -536,7 +536,8 @@ def test_reports_are_valid_from_birth() -> None:
 def test_an_empty_root_raises_nothing(tmp_path: Path) -> None:
     reports = probe_platform(tmp_path / "nothing-here")
     assert [r.name for r in reports] == list(platform.BACKENDS)
-    assert most_isolating_available(reports) == "nil"
+    # The process keep's probes ask the kernel, not the file tree.
+    assert most_isolating_available(reports) == "process"
     for name in ("snp", "tdx", "sgx"):
         assert not report(reports, name).available
 
@@ -585,7 +586,7 @@ def test_platform_info_json_has_a_stable_shape() -> None:
     document = json.loads(result.output)
     assert set(document) == {"version", "backends", "default_backend"}
     assert document["version"] == 1
-    assert document["default_backend"] == "nil"
+    assert document["default_backend"] == "process"
     assert [b["name"] for b in document["backends"]] == list(platform.BACKENDS)
     for backend in document["backends"]:
         assert set(backend) == {
@@ -598,7 +599,7 @@ def test_platform_info_json_has_a_stable_shape() -> None:
             "checks",
         }
         assert isinstance(backend["available"], bool)
-        assert backend["implemented"] is (backend["name"] == "nil")
+        assert backend["implemented"] is (backend["name"] in ("nil", "process"))
         for check in backend["checks"]:
             assert set(check) == {"name", "passed", "detail"}
             assert isinstance(check["passed"], bool)
@@ -623,7 +624,7 @@ def test_platform_info_prints_a_table_per_backend_and_the_default() -> None:
     for name in platform.BACKENDS:
         assert f"{name}: " in result.output
     assert "Landlock" in result.output
-    assert result.output.rstrip().endswith("default backend: nil")
+    assert result.output.rstrip().endswith("default backend: process")
 
 
 # -- the real probes, on this machine ----------------------------------------------
@@ -710,7 +711,7 @@ def test_real_platform_info_is_consistent_and_fast() -> None:
     if Path("/sys/module/kvm_pvm").exists() and qemu.passed:
         assert vm.accelerator == "tcg"
         assert "software emulation (TCG), slow" in vm.summary
-    assert most_isolating_available(reports) == "nil"
+    assert most_isolating_available(reports) == "process"
 
 
 def test_the_child_script_uses_the_standard_library_only() -> None:

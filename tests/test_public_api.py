@@ -18,6 +18,7 @@ PUBLIC = {
         "BackendUnavailable",
         "ConfigError",
         "HostProtocolViolation",
+        "Interrupted",
         "KeepError",
         "WasmkeepError",
         "WorkloadError",
@@ -28,7 +29,7 @@ PUBLIC = {
     "wasmkeep.limits": ["DEFAULT_LIMITS", "Limits"],
     "wasmkeep.sallyport.calls": ["FDFLAGS", "HostCalls", "OFLAGS", "POLL_READ", "POLL_WRITE"],
     "wasmkeep.keep.runtime": ["PreparedRun", "RunOptions", "check_interface", "run_workload"],
-    "wasmkeep.host.executor": ["Executor", "errno_of"],
+    "wasmkeep.host.executor": ["Executor", "KeepHungUp", "errno_of"],
     "wasmkeep.host.setup": ["prepare_host"],
     "wasmkeep.host.platform": [
         "BACKENDS",

@@ -12,6 +12,7 @@ what to do) and exits with its :attr:`~WasmkeepError.exit_status`. Foreign error
     ├── WorkloadError          the module cannot run: not wasm, a component,
     │                          too large, unknown imports, no _start
     ├── BackendUnavailable     the chosen backend cannot run on this machine
+    ├── Interrupted            Ctrl-C or SIGTERM: the keep was stopped with wasmkeep
     └── KeepError              the keep failed while running a workload
         ├── WorkloadTrapped    the guest trapped (unreachable, out of bounds, ...)
         ├── WorkloadTimedOut   the wall-clock limit passed
@@ -29,6 +30,7 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "HostProtocolViolation",
+    "Interrupted",
     "KeepError",
     "WasmkeepError",
     "WorkloadError",
@@ -85,6 +87,16 @@ class BackendUnavailable(WasmkeepError):
     """The chosen backend cannot run on this machine; `platform info` says why."""
 
     hint = "run `wasmkeep platform info` to see which backends work here"
+
+
+class Interrupted(WasmkeepError):
+    """wasmkeep was told to stop (SIGINT, SIGTERM); its keep was stopped too."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name}; the keep was stopped too")
+        self.exit_status = 128 + signum
 
 
 class KeepError(WasmkeepError):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import sys
+from collections.abc import Iterator
 
 import click
 
 from wasmkeep.cli._errors import report_errors
-from wasmkeep.errors import ConfigError
+from wasmkeep.errors import ConfigError, Interrupted
 
 __all__ = ["exit_code", "run"]
 
@@ -120,27 +123,47 @@ def run(
         config, module, args=args, export_fd_names=config_path is not None
     )
     try:
-        if backend == "process":
-            from wasmkeep.host.process_keep import ProcessKeepOptions, run_in_process_keep
+        with _stop_on_signals():
+            if backend == "process":
+                from wasmkeep.host.process_keep import ProcessKeepOptions, run_in_process_keep
 
-            options = ProcessKeepOptions(
-                max_memory=limit, timeout=timeout, cpu_seconds=cpu_time, test_hook=keep_test_hook
-            )
-            status = run_in_process_keep(workload, manifest, executor, options)
-        else:
-            # nil: the keep runtime runs in this process, its host is the executor.
-            from wasmkeep.keep.engine import ModuleCache
-            from wasmkeep.keep.runtime import RunOptions, run_workload
+                keep_options = ProcessKeepOptions(
+                    max_memory=limit,
+                    timeout=timeout,
+                    cpu_seconds=cpu_time,
+                    test_hook=keep_test_hook,
+                )
+                status = run_in_process_keep(workload, manifest, executor, keep_options)
+            else:
+                # nil: the keep runtime runs in this process; its host is the executor.
+                from wasmkeep.keep.engine import ModuleCache
+                from wasmkeep.keep.runtime import RunOptions, run_workload
 
-            run_options = RunOptions(
-                max_memory=limit,
-                timeout=timeout,
-                cache=None if no_cache else ModuleCache.default(),
-            )
-            status = run_workload(workload, manifest, executor, run_options)
+                run_options = RunOptions(
+                    max_memory=limit,
+                    timeout=timeout,
+                    cache=None if no_cache else ModuleCache.default(),
+                )
+                status = run_workload(workload, manifest, executor, run_options)
     finally:
         executor.close_all()
     sys.exit(exit_code(status))
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM unwind the run (ending the keep) and exit 128 + signal."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(signal.SIGINT) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _default_backend() -> str:

@@ -13,7 +13,7 @@ import ctypes
 import os
 from pathlib import Path
 
-__all__ = ["IMPLEMENTED_BACKENDS", "default_backend", "process_keep_unsupported"]
+__all__ = ["IMPLEMENTED_BACKENDS", "process_keep_unsupported"]
 
 #: Backends this version can run, most isolating first.
 IMPLEMENTED_BACKENDS = ("process", "nil")
@@ -48,8 +48,3 @@ def _read_int(path: Path, default: int) -> int:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return default
-
-
-def default_backend() -> str:
-    """The most isolating implemented backend this machine can run."""
-    return "process" if process_keep_unsupported() is None else "nil"

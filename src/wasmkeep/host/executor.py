@@ -40,7 +40,7 @@ from wasmkeep.sallyport.types import (
     PollResult,
 )
 
-__all__ = ["Executor", "errno_of"]
+__all__ = ["Executor", "KeepHungUp", "errno_of"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,11 @@ def _filestat(st: os.stat_result) -> FileStat:
     )
 
 
+class KeepHungUp(Exception):
+    """The keep's channel became readable or closed while a host call waited:
+    the keep is gone (or broke the one-request-at-a-time rule)."""
+
+
 @dataclass(slots=True)
 class _Resource:
     fd: int
@@ -137,6 +142,9 @@ class Executor:
         self.limits = limits
         self._resources: dict[int, _Resource] = {}
         self._next_handle = 1
+        #: For a keep in another process: the channel, watched while a call
+        #: blocks (stdin, poll), so that the keep's death ends the wait.
+        self.keep_channel_fd: int | None = None
 
     # -- set-up (host only; never reachable from a keep) -----------------------
     def _add(self, resource: _Resource) -> int:
@@ -204,7 +212,20 @@ class Executor:
         resource = self._get(handle)
         if resource.kind in (HandleKind.STDOUT, HandleKind.STDERR):
             raise HostError(Errno.BADF)
+        if resource.filetype != FileType.REGULAR_FILE:
+            self._wait_unless_keep_gone(resource.fd, select.POLLIN, None)
         return os.read(resource.fd, min(size, self.limits.max_io_chunk))
+
+    def _wait_unless_keep_gone(self, fd: int, events: int, timeout_ms: int | None) -> None:
+        """Block until `fd` is ready, unless the keep's channel stirs first."""
+        if self.keep_channel_fd is None:
+            return
+        poller = select.poll()
+        poller.register(fd, events)
+        poller.register(self.keep_channel_fd, select.POLLIN)
+        for ready_fd, _ in poller.poll(timeout_ms):
+            if ready_fd == self.keep_channel_fd:
+                raise KeepHungUp
 
     @_translated
     def pread(self, handle: int, size: int, offset: int) -> bytes:
@@ -484,8 +505,12 @@ class Executor:
             )
             poller.register(resource.fd, events)
             fds.append(resource.fd)
+        if self.keep_channel_fd is not None:
+            poller.register(self.keep_channel_fd, select.POLLIN)
         timeout_ms = None if timeout_ns is None else -(-timeout_ns // 1_000_000)
         ready: dict[int, int] = dict(poller.poll(timeout_ms))
+        if self.keep_channel_fd is not None and self.keep_channel_fd in ready:
+            raise KeepHungUp
         results: list[PollResult | None] = []
         for (handle, interest), fd in zip(interests, fds, strict=True):
             revents = ready.get(fd, 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from wasmkeep.errors import KeepError
-from wasmkeep.host.executor import Executor
+from wasmkeep.host.executor import Executor, KeepHungUp
 from wasmkeep.sallyport.boot import Exit
 from wasmkeep.sallyport.channel import Channel, ChannelClosed
 from wasmkeep.sallyport.codec import Kind, ProtocolError
@@ -36,6 +36,7 @@ class KeepVanished(KeepError):
 
 def serve(channel: Channel, executor: Executor) -> Exit:
     """Answer the keep's requests until it sends EXIT; returns it."""
+    executor.keep_channel_fd = channel.fd
     while True:
         try:
             frame = channel.receive()
@@ -61,6 +62,8 @@ def serve(channel: Channel, executor: Executor) -> Exit:
             reply = message.encode_reply(getattr(executor, message.name)(**arguments))
         except HostError as error:
             reply = error_reply(error.errno)
+        except KeepHungUp:
+            raise KeepVanished(f"the keep went away during {message.name}") from None
         try:
             channel.send(Kind.REPLY, message.op, frame.id, reply)
         except ChannelClosed as error:
