@@ -188,6 +188,9 @@ NATIVE = "native"
 WASMTIME = "wasmtime"
 WASMKEEP = "wasmkeep"
 WASMKEEP_COLD = "wasmkeep --no-cache"
+#: The same runtime in a locked-down process keep: every host call is a
+#: sallyport round trip, and the keep compiles the module every time.
+WASMKEEP_PROCESS = "wasmkeep process"
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ def contenders(wasmtime: Path, wasmkeep: Path) -> list[Contender]:
         Contender(WASMTIME, (str(wasmtime), "run")),
         Contender(WASMKEEP, keep),
         Contender(WASMKEEP_COLD, (*keep, "--no-cache")),
+        Contender(WASMKEEP_PROCESS, (str(wasmkeep), "run", "--backend", "process")),
     ]
 
 

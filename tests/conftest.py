@@ -100,3 +100,9 @@ def workload() -> Callable[[str], Path]:
 def example() -> Callable[[str], Path]:
     """Build an example from examples/NAME/NAME.c."""
     return lambda name: build_wasm(EXAMPLES / name / f"{name}.c")
+
+
+@pytest.fixture(params=["nil", "process"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The keeps every behaviour is tested on: they must agree."""
+    return str(request.param)

@@ -55,10 +55,12 @@ ESCAPES = [
 ]
 
 
-def test_no_path_leaves_the_preopen(workload: Build, sandbox: Path) -> None:
+def test_no_path_leaves_the_preopen(workload: Build, sandbox: Path, backend: str) -> None:
     result = run_wasmkeep(
         [
             "run",
+            "--backend",
+            backend,
             "--dir",
             f"{sandbox}::/sandbox",
             str(workload("escape")),
@@ -78,11 +80,19 @@ def test_no_path_leaves_the_preopen(workload: Build, sandbox: Path) -> None:
     assert lines["/sandbox/inside.txt"] == "READ inside"
 
 
-def test_host_fds_cannot_be_guessed(workload: Build, sandbox: Path) -> None:
+def test_host_fds_cannot_be_guessed(workload: Build, sandbox: Path, backend: str) -> None:
     # The host process holds the secret open; the guest tries every fd number.
     with (sandbox.parent / "secret").open() as secret:
         result = subprocess.run(
-            [*wasmkeep_command(), "run", "--dir", f"{sandbox}::/sandbox", str(workload("escape"))],
+            [
+                *wasmkeep_command(),
+                "run",
+                "--backend",
+                backend,
+                "--dir",
+                f"{sandbox}::/sandbox",
+                str(workload("escape")),
+            ],
             capture_output=True,
             pass_fds=[secret.fileno()],
             check=False,
@@ -94,18 +104,24 @@ def test_host_fds_cannot_be_guessed(workload: Build, sandbox: Path) -> None:
 CHANGES = ("create", "open for writing", "truncate on open", "mkdir", "unlink", "symlink", "rmdir")
 
 
-def _mutate(workload: Build, tmp_path: Path, flag: str) -> tuple[Path, dict[str, str]]:
+def _mutate(
+    workload: Build, tmp_path: Path, flag: str, backend: str
+) -> tuple[Path, dict[str, str]]:
     """Run mutate.c on a fresh /data preopened with `flag`; its outcome per change."""
     data = tmp_path / "data"
     (data / "subdir").mkdir(parents=True)
     (data / "existing.txt").write_text("original")
-    result = run_wasmkeep(["run", flag, f"{data}::/data", str(workload("mutate")), "/data"])
+    result = run_wasmkeep(
+        ["run", "--backend", backend, flag, f"{data}::/data", str(workload("mutate")), "/data"]
+    )
     assert result.returncode == 0, result.stderr
     return data, dict(line.split(": ", 1) for line in result.stdout.decode().splitlines())
 
 
-def test_read_only_preopen_refuses_every_change(workload: Build, tmp_path: Path) -> None:
-    data, outcomes = _mutate(workload, tmp_path, "--dir-ro")
+def test_read_only_preopen_refuses_every_change(
+    workload: Build, tmp_path: Path, backend: str
+) -> None:
+    data, outcomes = _mutate(workload, tmp_path, "--dir-ro", backend)
     for change in (*CHANGES, "rename", "link"):
         assert outcomes[change] == "refused Read-only file system", change
     assert outcomes["read"] == "ok"
@@ -114,8 +130,8 @@ def test_read_only_preopen_refuses_every_change(workload: Build, tmp_path: Path)
     assert (data / "existing.txt").read_text() == "original"
 
 
-def test_read_write_preopen_allows_changes(workload: Build, tmp_path: Path) -> None:
-    data, outcomes = _mutate(workload, tmp_path, "--dir")
+def test_read_write_preopen_allows_changes(workload: Build, tmp_path: Path, backend: str) -> None:
+    data, outcomes = _mutate(workload, tmp_path, "--dir", backend)
     for change in CHANGES:
         assert outcomes[change] == "ok", change
     assert (data / "new.txt").exists()

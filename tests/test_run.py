@@ -18,12 +18,6 @@ from tests.conftest import EXAMPLES, run_wasmkeep, wasmkeep_command
 Build = Callable[[str], Path]
 
 
-@pytest.fixture(params=["nil", "process"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Every behaviour here is the same on both keeps."""
-    return str(request.param)
-
-
 def test_hello(example: Build, backend: str) -> None:
     result = run_wasmkeep(["run", "--backend", backend, str(example("hello"))])
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,14 @@ import contextlib
 import os
 
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
-from wasmkeep.sallyport.codec import HEADER, Frame, Kind, ProtocolError, decode_header, encode_frame
+from wasmkeep.sallyport.codec import (
+    HEADER,
+    Frame,
+    Kind,
+    ProtocolError,
+    decode_header,
+    encode_header,
+)
 
 __all__ = ["Channel", "ChannelClosed", "frame_payload_limit"]
 
@@ -33,29 +40,35 @@ class Channel:
         self.max_payload = max_payload
 
     def send(self, kind: Kind, op: int, frame_id: int, payload: bytes | bytearray) -> None:
-        view = memoryview(encode_frame(kind, op, frame_id, payload))
-        while view:
+        # Header and payload in one system call, without joining them first.
+        parts = [memoryview(encode_header(kind, op, frame_id, len(payload))), memoryview(payload)]
+        while parts:
             try:
-                written = os.write(self.fd, view)
+                written = os.writev(self.fd, parts)
             except (BrokenPipeError, ConnectionResetError):
                 raise ChannelClosed("the other side closed the channel") from None
-            view = view[written:]
+            while parts and written >= len(parts[0]):
+                written -= len(parts[0])
+                parts.pop(0)
+            if parts and written:
+                parts[0] = parts[0][written:]
 
     def _read_exactly(self, size: int, what: str, *, at_boundary: bool = False) -> bytes:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        filled = 0
-        while filled < size:
+        chunks: list[bytes] = []
+        missing = size
+        while missing:
             try:
-                count = os.readv(self.fd, [view[filled:]])
+                chunk = os.read(self.fd, missing)
             except ConnectionResetError:
-                count = 0
-            if count == 0:
-                if at_boundary and filled == 0:
+                chunk = b""
+            if not chunk:
+                if at_boundary and missing == size:
                     raise ChannelClosed("the other side closed the channel")
                 raise ChannelClosed(f"the channel closed inside {what}")
-            filled += count
-        return bytes(buffer)
+            chunks.append(chunk)
+            missing -= len(chunk)
+        # One read is the common case: no copy to join.
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def receive(self, max_payload: int | None = None) -> Frame:
         header = self._read_exactly(HEADER.size, "a frame header", at_boundary=True)

@@ -35,6 +35,7 @@ __all__ = [
     "Writer",
     "decode_header",
     "encode_frame",
+    "encode_header",
 ]
 
 MAGIC = b"SP"
@@ -68,8 +69,12 @@ class Frame:
     payload: bytes
 
 
+def encode_header(kind: Kind, op: int, frame_id: int, length: int) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, kind, op, 0, frame_id, length)
+
+
 def encode_frame(kind: Kind, op: int, frame_id: int, payload: bytes | bytearray) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, kind, op, 0, frame_id, len(payload)) + bytes(payload)
+    return encode_header(kind, op, frame_id, len(payload)) + bytes(payload)
 
 
 def decode_header(header: bytes, max_payload: int) -> tuple[Kind, int, int, int]:

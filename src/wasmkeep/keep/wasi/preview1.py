@@ -151,7 +151,7 @@ class Preview1:
         self.fds = FdTable(limits.max_open_fds)
         for number, info in enumerate(manifest.fds):
             self.fds.place(number, _boot_entry(info))
-        self.output = GatheredOutput(host.write)
+        self.output = GatheredOutput(host.write, limits.max_io_chunk)
 
     # -- plumbing -----------------------------------------------------------
     def attach_memory(self, memory: GuestMemory) -> None:
