@@ -30,7 +30,7 @@ class Recorder:
 
 def test_small_writes_become_one_host_write() -> None:
     host = Recorder()
-    output = GatheredOutput(host)
+    output = GatheredOutput(host, 64 * 1024)
     for index in range(100):
         output.append(1, b"line %d\n" % index)
     assert host.writes == []
@@ -41,7 +41,7 @@ def test_small_writes_become_one_host_write() -> None:
 
 def test_switching_streams_keeps_the_order() -> None:
     host = Recorder()
-    output = GatheredOutput(host)
+    output = GatheredOutput(host, 64 * 1024)
     for index in range(10):
         output.append(1 + index % 2, b"%d" % index)
     output.flush()
@@ -59,7 +59,7 @@ def test_the_limit_sends_at_once_and_short_writes_are_resent() -> None:
 
 def test_a_failed_send_is_reported_on_the_next_write() -> None:
     host = Recorder(fail=Errno.PIPE)
-    output = GatheredOutput(host)
+    output = GatheredOutput(host, 64 * 1024)
     output.append(1, b"lost")
     output.flush()
     with pytest.raises(HostError) as caught:
@@ -70,7 +70,7 @@ def test_a_failed_send_is_reported_on_the_next_write() -> None:
 
 def test_stale_output_is_sent_and_fresh_output_waits() -> None:
     host = Recorder()
-    output = GatheredOutput(host)
+    output = GatheredOutput(host, 64 * 1024)
     output.append(1, b"fresh")
     output.flush_if_stale(60)
     assert host.writes == []

@@ -340,3 +340,11 @@ def test_unwritable_cache_still_runs(example: Build, tmp_path: Path) -> None:
 
 def test_clang_is_available() -> None:
     assert shutil.which("clang"), "tests build their workloads with clang (see README)"
+
+
+def test_read_ahead_stdin_stays_visible_to_poll(workload: Build, backend: str) -> None:
+    result = run_wasmkeep(
+        ["run", "--backend", backend, str(workload("read_then_poll"))], input=b"hello\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"first=h ready=1 rest=ello\n"

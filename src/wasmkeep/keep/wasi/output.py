@@ -7,7 +7,7 @@ to the guest's stdout and stderr are gathered here and sent as one request:
 * before any other call that reaches the host (the trampolines check
   :attr:`GatheredOutput.pending` first), so a prompt is out before stdin is read;
 * when another stream is written, so the order across streams is kept;
-* when 64 KiB are waiting, and at exit;
+* when its limit (128 KiB, see preview1.py) is waiting, and at exit;
 * at the latest `max_age` after the first waiting byte, from the keep's ticker
   thread, so output of a long computation does not sit in the keep.
 
@@ -30,7 +30,7 @@ Write = Callable[[int, "bytes | memoryview"], int]
 class GatheredOutput:
     """Bytes written to one output stream that the host has not been sent yet."""
 
-    def __init__(self, write: Write, limit: int = 64 * 1024) -> None:
+    def __init__(self, write: Write, limit: int) -> None:
         self._write = write
         self._limit = limit
         self._lock = threading.Lock()

@@ -109,6 +109,7 @@ KEEP_LOCAL = frozenset(
         "random_get",
         "sched_yield",
         "fd_write",  # flushes itself when it changes streams
+        "fd_read",  # flushes itself when it has to ask the host
     }
 )
 
@@ -118,7 +119,11 @@ _CLOCKS = {
     abi.Clock.PROCESS_CPUTIME: time.CLOCK_PROCESS_CPUTIME_ID,
     abi.Clock.THREAD_CPUTIME: time.CLOCK_THREAD_CPUTIME_ID,
 }
-_OUTPUT_BUFFER = 64 * 1024
+#: How much stdin is read ahead and how much output is gathered. Measured
+#: (1 GiB through a process keep): 128 KiB halves the sallyport round trips of
+#: 64 KiB reads and writes; larger buffers are slower, because Python then
+#: allocates each one with mmap and pays its page faults every time.
+_STREAM_CHUNK = 128 * 1024
 _MAX_FILESIZE = (1 << 63) - 1
 _SUCCESS = 0
 
@@ -151,7 +156,9 @@ class Preview1:
         self.fds = FdTable(limits.max_open_fds)
         for number, info in enumerate(manifest.fds):
             self.fds.place(number, _boot_entry(info))
-        self.output = GatheredOutput(host.write, limits.max_io_chunk)
+        self.output = GatheredOutput(host.write, _STREAM_CHUNK)
+        # Bytes read from the host's stdin ahead of the guest, per handle.
+        self._read_ahead: dict[int, bytes | memoryview] = {}
 
     # -- plumbing -----------------------------------------------------------
     def attach_memory(self, memory: GuestMemory) -> None:
@@ -195,7 +202,7 @@ class Preview1:
         view = mem.view
         return b"".join(view[ptr : ptr + length] for ptr, length in self._iovecs(iovs, count))
 
-    def _scatter(self, vectors: list[tuple[int, int]], data: bytes) -> int:
+    def _scatter(self, vectors: list[tuple[int, int]], data: bytes | memoryview) -> int:
         view = self.mem.view
         offset = 0
         for ptr, length in vectors:
@@ -299,6 +306,7 @@ class Preview1:
     def fd_close(self, fd: int) -> int:
         entry = self.fds.get(fd)
         self.output.flush_handle(entry.handle)
+        self._read_ahead.pop(entry.handle, None)
         self.fds.remove(fd)
         self.host.close(entry.handle)
         return _SUCCESS
@@ -396,7 +404,22 @@ class Preview1:
             return Errno.ISDIR
         vectors = self._iovecs(iovs, iovs_len)
         wanted = min(sum(length for _, length in vectors), self.limits.max_io_chunk)
-        data = self.host.read(entry.handle, wanted) if wanted else b""
+        if not wanted:
+            self.mem.write_u32(nread_ptr, 0)
+            return _SUCCESS
+        handle = entry.handle
+        data = self._read_ahead.pop(handle, b"")
+        if not data:
+            if self.output.pending:
+                self.output.flush()  # a prompt goes out before the guest waits for input
+            # stdin is read ahead (as the wasmtime CLI does): the host returns
+            # what is there, up to a chunk, and the rest waits in the keep.
+            ask = max(wanted, _STREAM_CHUNK) if entry.kind is HandleKind.STDIN else wanted
+            data = self.host.read(handle, ask)
+        if len(data) > wanted:
+            view = memoryview(data)  # slices of a view copy nothing
+            self._read_ahead[handle] = view[wanted:]
+            data = view[:wanted]
         self.mem.write_u32(nread_ptr, self._scatter(vectors, data))
         return _SUCCESS
 
@@ -462,6 +485,7 @@ class Preview1:
         replaced = self.fds.renumber(fd, to)
         if replaced is not None:
             self.output.flush_handle(replaced.handle)
+            self._read_ahead.pop(replaced.handle, None)
             self.host.close(replaced.handle)
         return _SUCCESS
 
@@ -660,6 +684,12 @@ class Preview1:
                     entry = self.fds.lookup(fd, right)
                 except HostError as error:
                     events.append((userdata, error.errno, tag, 0, 0))
+                    continue
+                buffered = (
+                    self._read_ahead.get(entry.handle) if tag == abi.EventType.FD_READ else None
+                )
+                if buffered:
+                    events.append((userdata, _SUCCESS, tag, len(buffered), 0))
                     continue
                 interest = POLL_READ if tag == abi.EventType.FD_READ else POLL_WRITE
                 interests.append((entry.handle, interest))
