@@ -209,3 +209,20 @@ def test_channel_refuses_an_announced_giant_before_reading_it() -> None:
         receiver.receive()
     left.close()
     receiver.close()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_a_channel_fed_any_bytes_raises_only_protocol_errors(stream: bytes) -> None:
+    left, right = socket.socketpair()
+    left.sendall(stream)
+    left.close()
+    receiver = Channel(right.detach(), 64)
+    try:
+        for _ in range(20):
+            frame = receiver.receive()
+            assert len(frame.payload) <= 64
+    except ProtocolError:
+        pass
+    finally:
+        receiver.close()
