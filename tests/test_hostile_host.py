@@ -325,15 +325,26 @@ def _manifest(executor: Executor, stdin: int, stdout: int) -> KeepManifest:
     )
 
 
-@pytest.mark.parametrize("lie", ["long read", "long write"])
-def test_a_keep_runtime_stops_on_a_lie(
-    lie: str, workload: Build, stdio_pipes: tuple[int, int, int, int]
-) -> None:
+@pytest.fixture
+def lying_host_for_cat(
+    request: pytest.FixtureRequest, stdio_pipes: tuple[int, int, int, int]
+) -> tuple[LyingExecutor, KeepManifest]:
+    """A lying executor with cat's stdin already holding a line."""
     stdin_read, stdin_write, _stdout_read, stdout_write = stdio_pipes
     os.write(stdin_write, b"some input for cat\n")
     os.close(stdin_write)
-    executor = LyingExecutor(lie)
-    manifest = _manifest(executor, stdin_read, stdout_write)
+    executor = LyingExecutor(request.param)
+    return executor, _manifest(executor, stdin_read, stdout_write)
+
+
+LYING = pytest.mark.parametrize("lying_host_for_cat", ["long read", "long write"], indirect=True)
+
+
+@LYING
+def test_a_keep_runtime_stops_on_a_lie(
+    lying_host_for_cat: tuple[LyingExecutor, KeepManifest], workload: Build
+) -> None:
+    executor, manifest = lying_host_for_cat
     host_end, keep_end = socket.socketpair()
     server = threading.Thread(
         target=_serve_quietly,
@@ -349,15 +360,11 @@ def test_a_keep_runtime_stops_on_a_lie(
     server.join(timeout=10)
 
 
-@pytest.mark.parametrize("lie", ["long read", "long write"])
+@LYING
 def test_a_process_keep_stops_on_a_lie(
-    lie: str, workload: Build, stdio_pipes: tuple[int, int, int, int]
+    lying_host_for_cat: tuple[LyingExecutor, KeepManifest], workload: Build
 ) -> None:
-    stdin_read, stdin_write, _stdout_read, stdout_write = stdio_pipes
-    os.write(stdin_write, b"some input for cat\n")
-    os.close(stdin_write)
-    executor = LyingExecutor(lie)
-    manifest = _manifest(executor, stdin_read, stdout_write)
+    executor, manifest = lying_host_for_cat
     with pytest.raises(HostProtocolViolation, match="bytes"):
         run_in_process_keep(
             Workload.from_file(workload("cat")), manifest, executor, ProcessKeepOptions(1 << 28)

@@ -21,10 +21,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+from wasmkeep.alarm import raise_after
 from wasmkeep.errors import (
     HostProtocolViolation,
     KeepError,
@@ -134,7 +133,8 @@ def _serve_keep(
     except ChannelClosed as error:
         raise KeepVanished(str(error)) from None
     try:
-        with _watchdog(options.timeout):
+        watchdog = None if options.timeout is None else options.timeout + TIMEOUT_GRACE
+        with raise_after(watchdog, _Deadline):
             return serve(channel, executor)
     except _Deadline:
         _stop(keep)
@@ -142,28 +142,6 @@ def _serve_keep(
             f"the workload ran longer than its wall-clock limit of {options.timeout:g} s "
             "and was stopped (blocked in a host call)"
         ) from None
-
-
-@contextlib.contextmanager
-def _watchdog(timeout: float | None) -> Iterator[None]:
-    """SIGALRM a little after the deadline, to end a host call that blocks."""
-    if timeout is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    armed = True
-
-    def expire(signum: int, frame: object) -> None:
-        if armed:
-            raise _Deadline
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, timeout + TIMEOUT_GRACE)
-    try:
-        yield
-    finally:
-        armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _stop(keep: subprocess.Popen[bytes]) -> None:

@@ -9,15 +9,12 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import wasmtime
 
+from wasmkeep.alarm import raise_after
 from wasmkeep.errors import (
     KeepError,
     WorkloadError,
@@ -200,9 +197,13 @@ class PreparedRun:
             self.engine if self.settings.epoch_interruption else None,
             lambda: wasi.output.flush_if_stale(OUTPUT_MAX_AGE),
         )
-        signal_timeout = options.timeout if options.interrupt_host_calls else None
+        # Guest code is stopped by the epoch; a host call blocked past the
+        # deadline by a signal, a moment later (nil; a process keep's host does it).
+        alarm = None
+        if options.timeout is not None and options.interrupt_host_calls:
+            alarm = options.timeout + 0.05
         try:
-            with ticker, _deadline_signal(signal_timeout):
+            with ticker, raise_after(alarm, _DeadlinePassed):
                 self._start(self.store)
             status = 0
         except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
@@ -265,28 +266,3 @@ def _describe_trap(trap: wasmtime.Trap, when: str) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-@contextmanager
-def _deadline_signal(timeout: float | None) -> Iterator[None]:
-    """Interrupt a host call blocked past the deadline (the epoch covers guest code).
-
-    Signals reach only the main thread; elsewhere the epoch check alone applies.
-    """
-    if timeout is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    armed = True
-
-    def handler(signum: int, frame: object) -> None:
-        if armed:
-            raise _DeadlinePassed
-
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, timeout + 0.05)
-    try:
-        yield
-    finally:
-        armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
