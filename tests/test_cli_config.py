@@ -22,6 +22,9 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
 
+PEM = b"-----BEGIN CERTIFICATE-----\nTUlJQm9ndXM=\n-----END CERTIFICATE-----\n"
+
+
 def test_init_writes_the_example_to_enarx_toml(in_tmp: Path) -> None:
     result = invoke("config", "init")
     assert result.exit_code == 0, result.output
@@ -81,6 +84,8 @@ def test_check_the_written_example(in_tmp: Path) -> None:
 
 def test_check_shows_every_part(in_tmp: Path) -> None:
     (in_tmp / "data").mkdir()
+    (in_tmp / "client-ca.pem").write_bytes(PEM)
+    (in_tmp / "backend-ca.pem").write_bytes(PEM)
     full = re.sub(r"(?m)^#(?=\S)", "", EXAMPLE_CONFIG)  # the examples, made active
     (in_tmp / "full.toml").write_text(full, encoding="utf-8")
     result = invoke("config", "check", "full.toml")
@@ -91,14 +96,44 @@ def test_check_shows_every_part(in_tmp: Path) -> None:
         "  fd 0: stdin   stdin",
         "  fd 1: stdout  stdout",
         "  fd 2: stderr  stderr",
-        "  fd 3: listen  LISTEN  tls on [::]:8443",
-        "  fd 4: connect BACKEND  tls to example.com:443",
+        "  fd 3: listen  LISTEN  tls on [::]:8443, TLS 1.3+, "
+        f"client certificate required (CAs in {(in_tmp / 'client-ca.pem').resolve()})",
+        "  fd 4: connect BACKEND  tls to example.com:443, TLS 1.3+, "
+        f"server verified with CAs in {(in_tmp / 'backend-ca.pem').resolve()}",
         "dirs:",
         f"  fd 5: /data -> {(in_tmp / 'data').resolve()} (read-write)",
         "args: --verbose --threads=2",
         "env: RUST_LOG",
         "steward: https://steward.example.com",
     ]
+
+
+def test_check_shows_tls_defaults_and_no_tls_details_for_tcp(in_tmp: Path) -> None:
+    (in_tmp / "Enarx.toml").write_text(
+        'files = [\n{ kind = "listen", name = "A", tls_min = "1.2" },\n'
+        '{ kind = "connect", host = "b.example" },\n'
+        '{ kind = "listen", name = "C", prot = "tcp" },\n'
+        '{ kind = "connect", host = "::1", prot = "tcp", port = 5432 },\n]\n'
+    )
+    result = invoke("config", "check", "Enarx.toml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[2:] == [
+        "  fd 0: listen  A  tls on [::]:443, TLS 1.2+, no client certificate",
+        "  fd 1: connect b.example  tls to b.example:443, TLS 1.3+, "
+        "server verified with the system's CAs",
+        "  fd 2: listen  C  tcp on [::]:80",
+        "  fd 3: connect ::1  tcp to [::1]:5432",
+    ]
+
+
+def test_check_reports_a_missing_ca_file(in_tmp: Path) -> None:
+    (in_tmp / "Enarx.toml").write_text('[[files]]\nkind = "connect"\nhost = "h"\nca = "ca.pem"\n')
+    result = invoke("config", "check", "Enarx.toml")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"wasmkeep: error: Enarx.toml: files[0].ca: no such file: {in_tmp.resolve() / 'ca.pem'}\n"
+    )
 
 
 def test_check_without_files(in_tmp: Path) -> None:

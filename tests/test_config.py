@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from wasmkeep.config import (
     EXAMPLE_CONFIG,
+    CaBundle,
     Config,
     ConnectFile,
     DirSpec,
@@ -24,6 +26,7 @@ from wasmkeep.config import (
     StderrFile,
     StdinFile,
     StdoutFile,
+    TlsVersion,
     default_config,
     load_config,
     parse_config,
@@ -75,6 +78,27 @@ def config_error(tmp_path: Path, text: str | bytes) -> str:
 def uncomment_examples(text: str) -> str:
     """EXAMPLE_CONFIG with its examples (lines of "#" then no space) made active."""
     return re.sub(r"(?m)^#(?=\S)", "", text)
+
+
+# Only the PEM framing is checked by the config (the keep's TLS stack parses the
+# certificates), so a block of arbitrary base64 stands in for a real one.
+PEM_BLOCK = (
+    b"-----BEGIN CERTIFICATE-----\nTUlJQm9ndXNDZXJ0aWZpY2F0ZQ==\n-----END CERTIFICATE-----\n"
+)
+PEM = b"# Test CA\n" + PEM_BLOCK + PEM_BLOCK
+
+
+def write_pem(path: Path, content: bytes = PEM) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def example_files(directory: Path) -> None:
+    """What the examples of EXAMPLE_CONFIG, made active, need beside the config."""
+    (directory / "data").mkdir()
+    write_pem(directory / "client-ca.pem")
+    write_pem(directory / "backend-ca.pem")
 
 
 # -- valid configs ----------------------------------------------------------------------
@@ -252,6 +276,208 @@ def test_parse_config_takes_relative_dirs_from_the_current_directory(
     (tmp_path / "d").mkdir()
     monkeypatch.chdir(tmp_path)
     assert parse_config('[[dirs]]\nhost = "d"').dirs[0].host == (tmp_path / "d").resolve()
+
+
+# -- TLS keys (wasmkeep extension) ----------------------------------------------------------
+
+
+def test_tls_listen_with_client_ca_and_tls_1_2(tmp_path: Path) -> None:
+    write_pem(tmp_path / "clients.pem")
+    (listen,) = load_text(
+        tmp_path,
+        '[[files]]\nkind = "listen"\nname = "API"\nprot = "tls"\n'
+        'tls_min = "1.2"\nclient_ca = "clients.pem"',
+    ).files
+    assert isinstance(listen, ListenFile)
+    assert listen.tls
+    assert listen.tls_min is TlsVersion.TLS_1_2
+    assert listen.client_ca == CaBundle(path=tmp_path / "clients.pem", pem=PEM)
+    assert listen == ListenFile(
+        name="API", tls_min=TlsVersion.TLS_1_2, client_ca=listen.client_ca, port=443
+    )
+
+
+def test_tls_connect_with_ca(tmp_path: Path) -> None:
+    write_pem(tmp_path / "db-ca.pem")
+    (connect,) = load_text(
+        tmp_path, '[[files]]\nkind = "connect"\nhost = "db.example"\nca = "db-ca.pem"'
+    ).files
+    assert isinstance(connect, ConnectFile)
+    assert (connect.tls, connect.tls_min, connect.host) == (True, TlsVersion.TLS_1_3, "db.example")
+    assert connect.ca is not None
+    assert (connect.ca.path, connect.ca.pem) == (tmp_path / "db-ca.pem", PEM)
+
+
+def test_tls_defaults() -> None:
+    listen, connect, tcp_listen, tcp_connect = parse_config(
+        '[[files]]\nkind = "listen"\nname = "A"\n'
+        '[[files]]\nkind = "connect"\nhost = "b.example"\n'
+        '[[files]]\nkind = "listen"\nname = "C"\nprot = "tcp"\n'
+        '[[files]]\nkind = "connect"\nhost = "d.example"\nprot = "tcp"'
+    ).files
+    assert isinstance(listen, ListenFile)
+    assert isinstance(connect, ConnectFile)
+    assert isinstance(tcp_listen, ListenFile)
+    assert isinstance(tcp_connect, ConnectFile)
+    # TLS 1.3 at least, no client certificate asked for, the system's CAs.
+    assert (listen.tls, listen.tls_min, listen.client_ca) == (True, TlsVersion.TLS_1_3, None)
+    assert (connect.tls, connect.tls_min, connect.ca) == (True, TlsVersion.TLS_1_3, None)
+    assert (tcp_listen.tls, tcp_listen.client_ca) == (False, None)
+    assert (tcp_connect.tls, tcp_connect.ca) == (False, None)
+    assert (TlsVersion("1.2"), f"{TlsVersion.TLS_1_3}") == (TlsVersion.TLS_1_2, "1.3")
+
+
+def test_ca_paths_are_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pem(tmp_path / "app" / "certs" / "clients.pem")
+    write_pem(tmp_path / "app" / "backend.pem", PEM_BLOCK)
+    write_pem(tmp_path / "elsewhere" / "certs" / "clients.pem", PEM_BLOCK)  # a decoy
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "app" / "Enarx.toml").write_text(
+        '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = "certs/clients.pem"\n'
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = "./certs/../backend.pem"\n'
+    )
+    listen, connect = load_config(tmp_path / "app" / "Enarx.toml").files
+    assert isinstance(listen, ListenFile)
+    assert isinstance(connect, ConnectFile)
+    assert listen.client_ca == CaBundle(path=tmp_path / "app" / "certs" / "clients.pem", pem=PEM)
+    assert connect.ca == CaBundle(path=tmp_path / "app" / "backend.pem", pem=PEM_BLOCK)
+
+
+def test_parse_config_takes_ca_paths_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pem(tmp_path / "ca.pem")
+    monkeypatch.chdir(tmp_path)
+    (connect,) = parse_config('[[files]]\nkind = "connect"\nhost = "h"\nca = "ca.pem"').files
+    assert isinstance(connect, ConnectFile)
+    assert connect.ca is not None
+    assert connect.ca.path == (tmp_path / "ca.pem").resolve()
+
+
+def test_ca_path_is_resolved(tmp_path: Path) -> None:
+    write_pem(tmp_path / "real.pem")
+    (tmp_path / "link.pem").symlink_to(tmp_path / "real.pem")
+    (connect,) = parse_config(
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = "link.pem"', base_dir=tmp_path
+    ).files
+    assert isinstance(connect, ConnectFile)
+    assert connect.ca == CaBundle(path=(tmp_path / "real.pem").resolve(), pem=PEM)
+
+
+def test_the_error_names_file_and_key_path_of_a_later_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Enarx.toml").write_text(
+        '[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n[[files]]\nkind = "listen"\n'
+        'name = "P"\nprot = "tcp"\nclient_ca = "x.pem"\n'
+        '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = "missing.pem"\ntls_min = "1.1"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config("Enarx.toml")
+    assert sorted(str(caught.value).splitlines()) == [
+        'Enarx.toml: files[2].client_ca: only for prot = "tls", not "tcp"',
+        f"Enarx.toml: files[3].client_ca: no such file: {tmp_path / 'missing.pem'}",
+        'Enarx.toml: files[3].tls_min: expected "1.2" or "1.3", got "1.1"',
+    ]
+
+
+def test_ca_file_size_limit(tmp_path: Path) -> None:
+    limit = DEFAULT_LIMITS.max_ca_bundle_size
+    assert limit == 1024 * 1024
+    padding = b"#" * (limit - len(PEM) - 1) + b"\n"
+    write_pem(tmp_path / "full.pem", padding + PEM)
+    write_pem(tmp_path / "over.pem", padding + PEM + b"\n")
+    text = '[[files]]\nkind = "connect"\nhost = "h"\nca = "{}"'
+    (connect,) = parse_config(text.format("full.pem"), base_dir=tmp_path).files
+    assert isinstance(connect, ConnectFile)
+    assert connect.ca is not None
+    assert len(connect.ca.pem) == limit
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.format("over.pem"), base_dir=tmp_path)
+    assert str(caught.value) == (
+        f"<config>: files[0].ca: {tmp_path / 'over.pem'} is larger than the limit of {limit} bytes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "not a PEM certificate bundle (no BEGIN CERTIFICATE)"),
+        (
+            PEM_BLOCK[:40],  # cut off inside the block
+            "not a PEM certificate bundle (no complete BEGIN ... END CERTIFICATE block)",
+        ),
+        (
+            PEM_BLOCK + b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "holds a private key; a CA file must hold only certificates",
+        ),
+        (
+            b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n" + PEM_BLOCK,
+            "holds a private key",
+        ),
+    ],
+)
+def test_ca_file_content_is_checked(tmp_path: Path, content: bytes, expected: str) -> None:
+    write_pem(tmp_path / "ca.pem", content)
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[[files]]\nkind = "connect"\nhost = "h"\nca = "ca.pem"', base_dir=tmp_path)
+    assert str(caught.value).startswith(f"<config>: files[0].ca: {expected}")
+    assert str(caught.value).endswith(str(tmp_path / "ca.pem"))
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "ca.pem")
+    with pytest.raises(ConfigError, match=r"files\[0\]\.client_ca: not a regular file: "):
+        parse_config(
+            '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = "ca.pem"', base_dir=tmp_path
+        )
+
+
+def test_an_unreadable_ca_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root reads any file, so the kernel's refusal is played by a fake os.open.
+    write_pem(tmp_path / "ca.pem")
+    real_open = os.open
+
+    def refuse(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        if Path(path).name == "ca.pem":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(ConfigError, match=r"files\[0\]\.ca: cannot read \S+: Permission denied"):
+        parse_config('[[files]]\nkind = "connect"\nhost = "h"\nca = "ca.pem"', base_dir=tmp_path)
+
+
+def test_tls_models_built_in_code_are_checked(tmp_path: Path) -> None:
+    bundle = CaBundle(path=tmp_path / "ca.pem", pem=PEM)
+    assert "BEGIN" not in repr(bundle)  # the PEM is not dumped into logs and tracebacks
+    assert ListenFile(name="L", client_ca=bundle).client_ca is bundle
+    assert ConnectFile(host="h", ca=bundle, tls_min=TlsVersion.TLS_1_2).ca is bundle
+    with pytest.raises(ValidationError, match="only for prot"):
+        ListenFile(name="L", prot=Protocol.TCP, client_ca=bundle)
+    with pytest.raises(ValidationError, match="only for prot"):
+        ConnectFile(host="h", prot=Protocol.TCP, tls_min=TlsVersion.TLS_1_3)
+    with pytest.raises(ValidationError, match="no BEGIN CERTIFICATE"):
+        CaBundle(path=tmp_path / "ca.pem", pem=b"not pem")
+    with pytest.raises(ValidationError, match="larger than the limit"):
+        CaBundle(path=tmp_path / "ca.pem", pem=PEM + b"#" * DEFAULT_LIMITS.max_ca_bundle_size)
+    with pytest.raises(ValidationError):
+        CaBundle(path=tmp_path / "ca.pem", pem=PEM.decode())  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        bundle.pem = b""  # type: ignore[misc]
+
+
+def test_with_overrides_keeps_the_ca_bundles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pem(tmp_path / "app" / "ca.pem")
+    base = load_text(tmp_path / "app", '[[files]]\nkind = "connect"\nhost = "h"\nca = "ca.pem"')
+    monkeypatch.chdir(tmp_path)  # where the relative path would not be found again
+    config = base.with_overrides(args=["x"])
+    assert config.files == base.files
 
 
 # -- invalid configs: each names the file, the key path and what was expected -------------
@@ -434,6 +660,105 @@ INVALID = [
         'dirs[1].guest: "/d/" is already the guest path of dirs[0]',
         id="dirs-duplicate-guest",
     ),
+    # The TLS keys (a wasmkeep extension). The test runs in a directory holding
+    # only Enarx.toml: a file that exists but is not PEM.
+    pytest.param(
+        '[[files]]\nkind = "listen"\nname = "L"\ntls_min = "1.1"',
+        'files[0].tls_min: expected "1.2" or "1.3", got "1.1"',
+        id="tls-min-1.1",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\ntls_min = 1.2',
+        'files[0].tls_min: expected "1.2" or "1.3" in quotes, got the number 1.2',
+        id="tls-min-a-number",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\ntls_min = 13',
+        'files[0].tls_min: expected "1.2" or "1.3", got 13',
+        id="tls-min-an-integer",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "listen"\nname = "L"\nprot = "tcp"\ntls_min = "1.3"',
+        'files[0].tls_min: only for prot = "tls", not "tcp"',
+        id="tls-min-on-tcp-listen",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nprot = "tcp"\ntls_min = "1.2"',
+        'files[0].tls_min: only for prot = "tls", not "tcp"',
+        id="tls-min-on-tcp-connect",
+    ),
+    pytest.param(
+        # Checked before the file is: a tcp socket never reads it.
+        '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = "missing.pem"\nprot = "tcp"',
+        'files[0].client_ca: only for prot = "tls", not "tcp"',
+        id="client-ca-on-tcp",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = "Enarx.toml"\nprot = "tcp"',
+        'files[0].ca: only for prot = "tls", not "tcp"',
+        id="ca-on-tcp",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = "missing.pem"',
+        "files[0].client_ca: no such file: ",
+        id="client-ca-missing",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = "certs/missing.pem"',
+        "files[0].ca: no such file: ",
+        id="ca-missing",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = "."',
+        "files[0].client_ca: not a regular file: ",
+        id="client-ca-a-directory",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = "Enarx.toml"',
+        "files[0].ca: not a PEM certificate bundle (no BEGIN CERTIFICATE): ",
+        id="ca-not-pem",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = "Enarx.toml"',
+        "files[0].client_ca: not a PEM certificate bundle (no BEGIN CERTIFICATE): ",
+        id="client-ca-not-pem",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "listen"\nname = "L"\nclient_ca = ""',
+        'files[0].client_ca: expected the path of a PEM file of CA certificates, got ""',
+        id="client-ca-empty",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = 1',
+        "files[0].ca: expected the path of a PEM file of CA certificates, got 1",
+        id="ca-not-a-string",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = { path = "x", pem = "y" }',
+        "files[0].ca: expected the path of a PEM file of CA certificates, got a table",
+        id="ca-inline-table",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nca = "a\\u0000b"',
+        "files[0].ca: must not contain a NUL",
+        id="ca-nul",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "listen"\nname = "L"\nca = "Enarx.toml"',
+        'files[0].ca: not allowed for kind "listen" (allowed: kind, name, prot, addr, port, '
+        "tls_min, client_ca)",
+        id="ca-on-listen",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "connect"\nhost = "h"\nclient_ca = "Enarx.toml"',
+        'files[0].client_ca: not allowed for kind "connect"',
+        id="client-ca-on-connect",
+    ),
+    pytest.param(
+        '[[files]]\nkind = "stdin"\ntls_min = "1.3"',
+        'files[0].tls_min: not allowed for kind "stdin"',
+        id="tls-min-on-stdin",
+    ),
 ]
 
 
@@ -461,7 +786,7 @@ def test_the_message_is_one_line_per_problem(
     assert str(caught.value).splitlines() == [
         'Enarx.toml: files[3].port: expected an integer from 1 to 65535, got "x"',
         'Enarx.toml: files[3].foo: unknown key (kind "connect" allows: '
-        "kind, name, host, prot, port)",
+        "kind, name, host, prot, port, tls_min, ca)",
     ]
     assert caught.value.exit_status == 2
 
@@ -511,6 +836,8 @@ def test_a_huge_hex_integer_is_described_not_printed(tmp_path: Path) -> None:
         "[env]\nA = {h}",
         '[[files]]\nkind = "listen"\nname = {h}\nprot = {h}\naddr = {h}\nport = {h}',
         '[[files]]\nkind = "connect"\nhost = {h}',
+        '[[files]]\nkind = "listen"\nname = "L"\ntls_min = {h}\nclient_ca = {h}',
+        '[[files]]\nkind = "connect"\nhost = "h"\ntls_min = {h}\nca = {h}',
         "[[dirs]]\nhost = {h}\nguest = {h}\nreadonly = {h}",
     ],
 )
@@ -679,9 +1006,14 @@ def test_example_config_is_the_default() -> None:
 
 
 def test_example_config_examples_are_valid(tmp_path: Path) -> None:
-    (tmp_path / "data").mkdir()
+    example_files(tmp_path)
     config = parse_config(uncomment_examples(EXAMPLE_CONFIG), base_dir=tmp_path)
     assert config.fd_names == ("stdin", "stdout", "stderr", "LISTEN", "BACKEND")
+    listen, connect = config.files[3:]
+    assert isinstance(listen, ListenFile)
+    assert isinstance(connect, ConnectFile)
+    assert listen.client_ca == CaBundle(path=tmp_path / "client-ca.pem", pem=PEM)
+    assert connect.ca == CaBundle(path=tmp_path / "backend-ca.pem", pem=PEM)
     assert config.args
     assert config.env
     assert config.steward
@@ -692,6 +1024,7 @@ def test_example_config_shows_every_key() -> None:
     examples = uncomment_examples(EXAMPLE_CONFIG)
     shown = set(re.findall(r"(?m)^(\w+) =", examples))
     keys = {"args", "steward", "kind", "name", "prot", "addr", "port", "host", "guest", "readonly"}
+    keys |= {"tls_min", "client_ca", "ca"}
     assert keys <= shown
     for text in ("FD_COUNT", "FD_NAMES", "fd 0", "[[dirs]]", "[env]", "default"):
         assert text in EXAMPLE_CONFIG
@@ -708,7 +1041,20 @@ class Huge:
 
 
 HUGE = Huge()
-FILE_KEYS = ["kind", "name", "prot", "addr", "port", "host", "guest", "readonly", "x"]
+FILE_KEYS = [
+    "kind",
+    "name",
+    "prot",
+    "addr",
+    "port",
+    "host",
+    "guest",
+    "readonly",
+    "tls_min",
+    "client_ca",
+    "ca",
+    "x",
+]
 TOP_KEYS = ["args", "env", "steward", "files", "dirs", "x"]
 
 scalars = st.one_of(
@@ -726,6 +1072,8 @@ scalars = st.one_of(
             "connect",
             "tls",
             "tcp",
+            "1.2",
+            "1.3",
             "::",
             "/",
             ".",

@@ -105,6 +105,12 @@ CALLS: dict[str, tuple[Any, ...]] = {
     "symlink_at": ("target", 3, "link"),
     "readlink_at": (3, "link"),
     "poll": ([(1, 1), (2, 2)], 0),
+    "accept": (3, True),
+    "recv": (1, 10, False, False, True),
+    "send": (2, b"hello", True),
+    "shutdown": (7, 3),
+    "log": (2, "a line"),
+    "publish_certificate": (b"-----BEGIN CERTIFICATE-----",),
 }
 
 
@@ -143,6 +149,9 @@ LIES = [
     ("readlink_at", b"a\0b", "NUL"),
     ("poll", [None], "1 results for 2 interests"),
     ("poll", [PollResult(Errno.SUCCESS, 1 << 63, False), None], "does not fit"),
+    ("accept", 7, "handle 7 is already in use"),
+    ("recv", b"x" * 11, "11 bytes for a receive of 10"),
+    ("send", 6, "6 bytes sent of 5"),
 ]
 
 
@@ -198,8 +207,12 @@ def _promises_kept(name: str, value: Any) -> None:
     """What a value the client returned must satisfy."""
     if name in ("read", "pread"):
         assert len(value) <= 10
-    elif name in ("write", "pwrite"):
+    elif name in ("write", "pwrite", "send"):
         assert 0 <= value <= 5
+    elif name == "recv":
+        assert len(value) <= 10
+    elif name == "accept":
+        assert value not in KNOWN
     elif name == "seek":
         assert value == 100
     elif name in ("fstat", "stat_at"):
@@ -261,6 +274,9 @@ def _lies() -> st.SearchStrategy[tuple[str, Any]]:
         st.tuples(st.just("open_at"), st.tuples(st.integers(0, 12), types)),
         st.tuples(st.just("readlink_at"), st.binary(max_size=20)),
         st.tuples(st.just("poll"), polls),
+        st.tuples(st.just("accept"), st.integers(0, 12)),
+        st.tuples(st.just("recv"), st.binary(max_size=40)),
+        st.tuples(st.just("send"), st.integers(0, 0xFFFFFFFF)),
     )
 
 

@@ -43,6 +43,7 @@ PUBLIC = {
     ],
     "wasmkeep.config": [
         "EXAMPLE_CONFIG",
+        "CaBundle",
         "Config",
         "ConnectFile",
         "DirSpec",
@@ -53,6 +54,7 @@ PUBLIC = {
         "StderrFile",
         "StdinFile",
         "StdoutFile",
+        "TlsVersion",
         "default_config",
         "load_config",
         "parse_config",

@@ -50,6 +50,8 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "data": st.binary(max_size=64),
     "path": st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
     "target": st.binary(max_size=40),
+    "text": st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
+    "pem": st.binary(max_size=80),
     "filetype": filetypes,
     "time": st.one_of(st.none(), st.just(TIME_NOW), st.integers(0, (1 << 64) - 1)),
     "timeout": st.one_of(st.none(), u64),

@@ -1,7 +1,8 @@
 """The workload config: Enarx.toml, and the command-line flags that extend it.
 
 The format is the one Enarx reads (crate `enarx-config`), so one file serves
-both runtimes, plus one wasmkeep extension, ``[[dirs]]``::
+both runtimes, plus two wasmkeep extensions, ``[[dirs]]`` and the TLS keys of
+sockets (``tls_min``, ``client_ca``, ``ca``)::
 
     args = ["--foo", "bar"]              # argv after argv[0]
     steward = "https://steward.example"  # optional; http or https
@@ -9,6 +10,15 @@ both runtimes, plus one wasmkeep extension, ``[[dirs]]``::
     VAR = "value"
     [[files]]                            # guest fd = position in this array
     kind = "stdin"                       # null | stdin | stdout | stderr | listen | connect
+    [[files]]
+    kind = "listen"
+    name = "API"
+    tls_min = "1.2"                      # wasmkeep, prot = "tls" only: "1.3" by default
+    client_ca = "clients.pem"            # wasmkeep, listen with tls only: mutual TLS
+    [[files]]
+    kind = "connect"
+    host = "db.example"
+    ca = "db-ca.pem"                     # wasmkeep, connect with tls only: trust anchors
     [[dirs]]                             # wasmkeep: preopened directories, fds after the files
     host = "data"
     guest = "/data"
@@ -20,6 +30,13 @@ whatsoever. The message names the source (file or flag), the key path
 (``files[3].port``) and what was expected. A ``Config`` checks its invariants
 when it is built (unique fd names, existing directories, the limits of
 :data:`wasmkeep.limits.DEFAULT_LIMITS`), so code that holds one may trust it.
+
+Files named by the config are read when it is loaded, relative to its directory:
+a ``[[dirs]]`` host must exist, and a CA file (``client_ca``, ``ca``) is read
+into the :class:`CaBundle` the host sends to the keep, which cannot read host
+files itself. The TLS keys are only for ``prot = "tls"``: on a ``tcp`` socket
+they are rejected rather than ignored. Enarx ignores them, so a file that relies
+on ``client_ca`` to keep clients out does not do so when run by Enarx.
 
 Differences from Enarx, all on the strict side: unknown keys are rejected
 (Enarx ignores them), text may not contain NUL, hosts, addresses and the
@@ -37,6 +54,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
@@ -53,6 +71,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StrictBool,
+    StrictBytes,
     StrictInt,
     StrictStr,
     Tag,
@@ -68,6 +87,7 @@ from wasmkeep.limits import DEFAULT_LIMITS
 
 __all__ = [
     "EXAMPLE_CONFIG",
+    "CaBundle",
     "Config",
     "ConnectFile",
     "DirSpec",
@@ -78,6 +98,7 @@ __all__ = [
     "StderrFile",
     "StdinFile",
     "StdoutFile",
+    "TlsVersion",
     "default_config",
     "load_config",
     "parse_config",
@@ -202,6 +223,12 @@ def _freeze(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping))
 
 
+def _base_dir(info: ValidationInfo) -> Path:
+    """Where relative host paths start: the config file's directory, else the cwd."""
+    base_dir = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    return base_dir if isinstance(base_dir, Path) else Path.cwd()
+
+
 _Text = Annotated[StrictStr, AfterValidator(_check_text)]
 _FdName = Annotated[StrictStr, AfterValidator(_check_fd_name)]
 _Port = Annotated[StrictInt, Field(ge=1, le=65535)]
@@ -241,6 +268,110 @@ class Protocol(StrEnum):
         return 443 if self is Protocol.TLS else 80
 
 
+class TlsVersion(StrEnum):
+    """The oldest TLS version a `tls` socket accepts (wasmkeep extension)."""
+
+    TLS_1_2 = "1.2"
+    #: The default: TLS 1.3 has no renegotiation, no static RSA, no CBC suites.
+    TLS_1_3 = "1.3"
+
+
+# One complete block: a BEGIN line without its END is a cut-off file, not a bundle.
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
+)
+_PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+
+
+def _ca_pem_problem(pem: bytes) -> str | None:
+    """What makes `pem` unusable as CA certificates, or None.
+
+    Only the PEM framing is checked here; the keep's TLS stack parses the
+    certificates themselves.
+    """
+    limit = _LIMITS.max_ca_bundle_size
+    if len(pem) > limit:
+        return f"larger than the limit of {limit} bytes"
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        return "not a PEM certificate bundle (no BEGIN CERTIFICATE)"
+    if not _PEM_CERTIFICATE.search(pem):
+        return "not a PEM certificate bundle (no complete BEGIN ... END CERTIFICATE block)"
+    # A certificate and its key in one file is a server's own identity, not a set
+    # of trust anchors: most likely the wrong file, and a key has no place here.
+    if _PEM_PRIVATE_KEY.search(pem):
+        return "holds a private key; a CA file must hold only certificates"
+    return None
+
+
+def _check_ca_pem(pem: bytes) -> bytes:
+    problem = _ca_pem_problem(pem)
+    if problem is not None:
+        raise _problem(problem)
+    return pem
+
+
+class CaBundle(_Model, frozen=True):
+    """CA certificates in PEM, read from a host file when the config was loaded.
+
+    The keep cannot read host files: the host sends `pem` to it. Holds at least
+    one complete certificate block, no private key, and at most
+    :attr:`~wasmkeep.limits.Limits.max_ca_bundle_size` bytes.
+    """
+
+    #: The file `pem` was read from (absolute and resolved when a config read it);
+    #: for messages only.
+    path: Path
+    #: The file's content, as read (comments between the blocks included).
+    pem: Annotated[StrictBytes, AfterValidator(_check_ca_pem)] = Field(repr=False)
+
+
+def _read_ca_bundle(value: object, info: ValidationInfo) -> CaBundle:
+    """The CaBundle of the file `value` names, relative to the config's directory."""
+    if isinstance(value, CaBundle):
+        return value
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise _expected()
+    _check_text(value)
+    try:
+        path = Path(_base_dir(info), value).resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (3.11)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise _problem(f"cannot use {_quote(value, limit=4096)}: {reason}") from None
+    shown = _show_path(path)
+    limit = _LIMITS.max_ca_bundle_size
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (fstat then refuses
+        # it). Checking the open fd, not the path, leaves no gap for a swap.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise _problem(f"no such file: {shown}") from None
+    except OSError as error:
+        raise _problem(f"cannot read {shown}: {error.strerror or error}") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _problem(f"not a regular file: {shown}")
+        if status.st_size > limit:
+            raise _problem(f"{shown} is larger than the limit of {limit} bytes")
+        pem = bytearray()
+        # One byte more than the limit: a file that grew since fstat still fails.
+        while len(pem) <= limit:
+            chunk = os.read(fd, limit + 1 - len(pem))
+            if not chunk:
+                break
+            pem += chunk
+    except OSError as error:
+        raise _problem(f"cannot read {shown}: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
+    problem = _ca_pem_problem(bytes(pem))
+    if problem is not None:
+        raise _problem(f"{problem}: {shown}")
+    return CaBundle(path=path, pem=bytes(pem))
+
+
 class _Socket(_Model, frozen=True):
     """A file that is a socket: fills in the port its protocol implies."""
 
@@ -254,6 +385,26 @@ class _Socket(_Model, frozen=True):
             port = Protocol.TCP.default_port if prot == Protocol.TCP else Protocol.TLS.default_port
             data = {**data, "port": port}
         return data
+
+    @field_validator("tls_min", "client_ca", "ca", mode="before", check_fields=False)
+    @classmethod
+    def _tls_key(cls, value: object, info: ValidationInfo) -> object:
+        # One validator, so that the order is plain: prot first, then the file.
+        # 1. Rejected, not ignored, on a tcp socket: a `client_ca` that silently
+        #    did nothing would let in every client its author meant to keep out.
+        #    `prot` is declared before these keys, so it is checked by now (and
+        #    absent from info.data if it was invalid).
+        if value is None:
+            return None
+        if info.data.get("prot") == Protocol.TCP:
+            raise _problem('only for prot = "tls", not "tcp"')
+        # 2. TOML reads tls_min = 1.2 as a number; the message says what to write.
+        if info.field_name == "tls_min":
+            if isinstance(value, float):
+                raise _problem(f'expected "1.2" or "1.3" in quotes, got the number {value!r}')
+            return value
+        # 3. A CA file is read now: the keep cannot read it later.
+        return _read_ca_bundle(value, info)
 
 
 class NullFile(_Model, frozen=True):
@@ -312,6 +463,16 @@ class ListenFile(_Socket, frozen=True):
     addr: Annotated[StrictStr, AfterValidator(_check_ip)] = "::"
     #: Default: :attr:`Protocol.default_port` of `prot`.
     port: _Port = Protocol.TLS.default_port
+    #: The oldest TLS version a client may use. May be set only with prot = "tls".
+    tls_min: TlsVersion = TlsVersion.TLS_1_3
+    #: Mutual TLS: clients must present a certificate that chains to one of these.
+    #: None: no client certificate is asked for. May be set only with prot = "tls".
+    client_ca: CaBundle | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS ends inside the keep (the TLS keys apply)."""
+        return self.prot == Protocol.TLS
 
 
 class ConnectFile(_Socket, frozen=True):
@@ -324,10 +485,21 @@ class ConnectFile(_Socket, frozen=True):
     prot: Protocol = Protocol.TLS
     #: Default: :attr:`Protocol.default_port` of `prot`.
     port: _Port = Protocol.TLS.default_port
+    #: The oldest TLS version the server may use. May be set only with prot = "tls".
+    tls_min: TlsVersion = TlsVersion.TLS_1_3
+    #: The trust anchors the server's certificate must chain to; its name is
+    #: checked against `host`. None: the system's default CA store. May be set
+    #: only with prot = "tls".
+    ca: CaBundle | None = None
 
     @property
     def name(self) -> str:
         return self.given_name if self.given_name is not None else self.host
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS ends inside the keep (the TLS keys apply)."""
+        return self.prot == Protocol.TLS
 
 
 def _file_kind(value: Any) -> str | None:
@@ -400,10 +572,8 @@ class DirSpec(_Model, frozen=True):
         if not isinstance(value, str) or not value:
             raise _expected()
         _check_text(value)
-        base_dir = info.context.get("base_dir") if isinstance(info.context, dict) else None
         try:
-            path = Path(base_dir if base_dir is not None else Path.cwd(), value)
-            resolved = path.resolve()
+            resolved = Path(_base_dir(info), value).resolve()
             is_dir = resolved.is_dir()
             exists = is_dir or resolved.exists()
         except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (3.11)
@@ -676,6 +846,9 @@ _FILE_FIELDS = {
     "addr": 'an IP address literal such as "::" or "127.0.0.1"',
     "host": "a DNS name or an IP address literal",
     "kind": f"one of {_KIND_LIST}",
+    "tls_min": '"1.2" or "1.3"',
+    "client_ca": "the path of a PEM file of CA certificates",
+    "ca": "the path of a PEM file of CA certificates",
 }
 _DIR_FIELDS = {
     "host": "the path of an existing directory",
@@ -812,8 +985,9 @@ EXAMPLE_CONFIG = """\
 # Enarx.toml: the configuration of a WebAssembly workload, for `wasmkeep run`.
 #
 # The format is Enarx's, so the same file works with Enarx; wasmkeep adds
-# [[dirs]] (at the end). Every key is optional. A line starting with "#" and
-# no space is an example: remove the "#" to use it.
+# [[dirs]] (at the end) and the TLS keys of sockets (tls_min, client_ca, ca).
+# Every key is optional. A line starting with "#" and no space is an example:
+# remove the "#" to use it.
 # `wasmkeep config check Enarx.toml` checks this file and shows what it means.
 
 # Arguments for the workload, after argv[0]. Arguments given to `wasmkeep run`
@@ -848,29 +1022,46 @@ kind = "stdout"
 kind = "stderr"
 
 # kind = "listen": a socket the host listens on; the workload accepts from it.
-#   name  required
-#   prot  "tls" (default): TLS ends inside the keep, the host relays only
-#         ciphertext; or "tcp": plain TCP, which the host can read
-#   addr  the IP address to listen on (default "::", every address)
-#   port  1 to 65535 (default 443 for tls, 80 for tcp)
+#   name       required
+#   prot       "tls" (default): TLS ends inside the keep, the host relays only
+#              ciphertext; or "tcp": plain TCP, which the host can read
+#   addr       the IP address to listen on (default "::", every address)
+#   port       1 to 65535 (default 443 for tls, 80 for tcp)
+#   tls_min    the oldest TLS version accepted: "1.3" (default) or "1.2"
+#   client_ca  a PEM file of CA certificates, relative to this file's directory
+#              (it must exist): clients must present a certificate issued by one
+#              of them (mutual TLS). Without it no client certificate is asked for.
 #[[files]]
 #kind = "listen"
 #name = "LISTEN"
 #prot = "tls"
 #addr = "::"
 #port = 8443
+#tls_min = "1.3"
+#client_ca = "client-ca.pem"
 
 # kind = "connect": a connection the host opens when the workload starts.
-#   host  a DNS name or an IP address (required)
-#   name  optional; defaults to the host
-#   prot  "tls" (default) or "tcp"
-#   port  1 to 65535 (default 443 for tls, 80 for tcp)
+#   host     a DNS name or an IP address (required); with tls, the server's
+#            certificate must be issued for it
+#   name     optional; defaults to the host
+#   prot     "tls" (default) or "tcp"
+#   port     1 to 65535 (default 443 for tls, 80 for tcp)
+#   tls_min  the oldest TLS version accepted: "1.3" (default) or "1.2"
+#   ca       a PEM file of CA certificates, relative to this file's directory
+#            (it must exist): the server's certificate must be issued by one of
+#            them. Without it the system's CA certificates are used.
 #[[files]]
 #kind = "connect"
 #name = "BACKEND"
 #host = "example.com"
 #prot = "tls"
 #port = 443
+#tls_min = "1.3"
+#ca = "backend-ca.pem"
+
+# tls_min, client_ca and ca are wasmkeep's: only for prot = "tls", and read
+# when the file is loaded (the keep cannot read host files). Enarx ignores
+# them, so under Enarx a client_ca does not keep any client out.
 
 # [[dirs]] (a wasmkeep extension): host directories the workload may use, like
 # wasmtime's --dir. `wasmkeep run --dir HOST[::GUEST]` adds one read-write,
@@ -887,5 +1078,6 @@ kind = "stderr"
 """A commented Enarx.toml showing every key; what `wasmkeep config init` writes.
 
 As written it gives the default config; its examples are the lines that start
-with "#" and no space.
+with "#" and no space. Made active, they need a directory ``data`` and the CA
+files ``client-ca.pem`` and ``backend-ca.pem`` beside the config.
 """

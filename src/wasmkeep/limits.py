@@ -22,6 +22,9 @@ class Limits:
     max_module_size: int = 256 * MiB
     #: Largest config file accepted, in bytes.
     max_config_size: int = 1 * MiB
+    #: Largest CA certificate file (`client_ca`, `ca`) a config may name, in bytes;
+    #: it is read into memory and sent to the keep (Mozilla's whole bundle is ~220 KiB).
+    max_ca_bundle_size: int = 1 * MiB
     #: Total bytes of argv and of environ handed to the guest (each, with NULs).
     max_args_bytes: int = 1 * MiB
     #: Entries in `files` (each becomes a guest fd).

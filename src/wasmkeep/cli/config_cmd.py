@@ -57,8 +57,18 @@ def check(path: Path) -> None:
         detail = ""
         if isinstance(file, ListenFile):
             detail = f"  {file.prot} on {_host_port(file.addr, file.port)}"
+            if file.tls:
+                clients = (
+                    f"client certificate required (CAs in {_safe(str(file.client_ca.path))})"
+                    if file.client_ca
+                    else "no client certificate"
+                )
+                detail += f", TLS {file.tls_min}+, {clients}"
         elif isinstance(file, ConnectFile):
             detail = f"  {file.prot} to {_host_port(file.host, file.port)}"
+            if file.tls:
+                anchors = f"CAs in {_safe(str(file.ca.path))}" if file.ca else "the system's CAs"
+                detail += f", TLS {file.tls_min}+, server verified with {anchors}"
         click.echo(f"  fd {fd}: {file.kind:<7} {_safe(file.name)}{detail}")
     if checked.dirs:
         click.echo("dirs:")

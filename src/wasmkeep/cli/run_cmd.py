@@ -7,11 +7,16 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from wasmkeep.cli._errors import report_errors
 from wasmkeep.errors import ConfigError, Interrupted
+
+if TYPE_CHECKING:
+    from wasmkeep.keep.tls import KeepTls
+    from wasmkeep.sallyport.types import KeepManifest
 
 __all__ = ["exit_code", "run"]
 
@@ -83,6 +88,11 @@ def exit_code(status: int) -> int:
     help="CPU-time limit of a process keep (RLIMIT_CPU).",
 )
 @click.option("--no-cache", is_flag=True, help="Compile the module even if a cached copy exists.")
+@click.option(
+    "--cert-out",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the keep's TLS certificate (PEM) here, for clients to trust.",
+)
 @click.option("--keep-test-hook", default="", hidden=True)
 @click.argument("module")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -97,6 +107,7 @@ def run(
     timeout: float | None,
     cpu_time: int | None,
     no_cache: bool,
+    cert_out: str | None,
     keep_test_hook: str,
     module: str,
     args: tuple[str, ...],
@@ -122,6 +133,10 @@ def run(
     executor, manifest = prepare_host(
         config, module, args=args, export_fd_names=config_path is not None
     )
+    if cert_out is not None:
+        from pathlib import Path
+
+        executor.certificate_path = Path(cert_out)
     try:
         with _stop_on_signals():
             if backend == "process":
@@ -144,7 +159,9 @@ def run(
                     timeout=timeout,
                     cache=None if no_cache else ModuleCache.default(),
                 )
-                status = run_workload(workload, manifest, executor, run_options)
+                status = run_workload(
+                    workload, manifest, executor, run_options, tls=_nil_tls(manifest)
+                )
     finally:
         executor.close_all()
     sys.exit(exit_code(status))
@@ -164,6 +181,14 @@ def _stop_on_signals() -> Iterator[None]:
         raise Interrupted(signal.SIGINT) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _nil_tls(manifest: KeepManifest) -> KeepTls | None:
+    if not any(info.tls for info in manifest.fds):
+        return None  # ssl and cryptography cost start-up time
+    from wasmkeep.keep.tls import prepare_tls
+
+    return prepare_tls(manifest)
 
 
 def _default_backend() -> str:

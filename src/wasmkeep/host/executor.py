@@ -20,10 +20,12 @@ import functools
 import logging
 import os
 import select
+import socket
 import stat as stat_module
 import termios
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from wasmkeep.host import beneath
@@ -87,6 +89,13 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _release(resource: _Resource) -> None:
+    if resource.sock is not None:
+        resource.sock.close()
+    elif resource.owned:
+        os.close(resource.fd)
+
+
 def _filetype(mode: int) -> FileType:
     if stat_module.S_ISREG(mode):
         return FileType.REGULAR_FILE
@@ -124,11 +133,14 @@ class KeepHungUp(Exception):
 @dataclass(slots=True)
 class _Resource:
     fd: int
-    kind: HandleKind | None  # None: opened by the keep beneath a preopen
+    kind: HandleKind | None  # None: opened by the keep beneath a preopen, or accepted
     filetype: FileType
     read_only: bool
     owned: bool = True
     listing: list[DirEntry] | None = field(default=None, repr=False)
+    #: Sockets: the object that owns `fd` (always non-blocking at the OS level;
+    #: each request says whether to wait).
+    sock: socket.socket | None = field(default=None, repr=False)
 
     @property
     def is_directory(self) -> bool:
@@ -145,6 +157,9 @@ class Executor:
         #: For a keep in another process: the channel, watched while a call
         #: blocks (stdin, poll), so that the keep's death ends the wait.
         self.keep_channel_fd: int | None = None
+        #: Where the keep's certificate is written when it publishes one.
+        self.certificate_path: Path | None = None
+        self.certificate: bytes | None = None
 
     # -- set-up (host only; never reachable from a keep) -----------------------
     def _add(self, resource: _Resource) -> int:
@@ -171,11 +186,35 @@ class Executor:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return self._add(_Resource(fd, HandleKind.DIRECTORY, FileType.DIRECTORY, read_only))
 
+    def add_listener(self, address: str, port: int) -> int:
+        """A listening TCP socket on address:port, for the keep to accept from."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and address == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((address, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return self._add_socket(sock, HandleKind.LISTEN)
+
+    def add_connection(self, host: str, port: int, timeout: float = 10.0) -> int:
+        """A TCP connection to host:port, made now, for the keep to use."""
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setblocking(False)
+        return self._add_socket(sock, HandleKind.CONNECT)
+
+    def _add_socket(self, sock: socket.socket, kind: HandleKind | None) -> int:
+        return self._add(_Resource(sock.fileno(), kind, FileType.SOCKET_STREAM, False, sock=sock))
+
     def close_all(self) -> None:
         """Release every handle (the keep is gone)."""
         for resource in self._resources.values():
-            if resource.owned:
-                os.close(resource.fd)
+            _release(resource)
         self._resources.clear()
 
     # -- checks ---------------------------------------------------------------
@@ -339,8 +378,7 @@ class Executor:
         resource = self._resources.pop(handle, None)
         if resource is None:
             raise HostError(Errno.BADF)
-        if resource.owned:
-            os.close(resource.fd)
+        _release(resource)
 
     # -- paths beneath a directory handle ------------------------------------
     @_translated
@@ -490,6 +528,85 @@ class Executor:
         parent = self._directory(dir_handle)
         with beneath.parent_beneath(parent.fd, path) as (fd, name):
             return os.readlink(os.fsencode(name), dir_fd=fd)
+
+    # -- sockets --------------------------------------------------------------------
+    def _socket(self, handle: int, kind: HandleKind | None = None) -> socket.socket:
+        resource = self._get(handle)
+        if resource.sock is None or (kind is not None and resource.kind is not kind):
+            raise HostError(Errno.NOTSOCK if resource.sock is None else Errno.INVAL)
+        return resource.sock
+
+    @_translated
+    def accept(self, handle: int, block: bool) -> int:
+        listener = self._socket(handle, HandleKind.LISTEN)
+        if block:
+            self._wait(listener.fileno(), select.POLLIN)
+        connection, _ = listener.accept()
+        connection.setblocking(False)
+        return self._add_socket(connection, None)
+
+    @_translated
+    def recv(self, handle: int, size: int, peek: bool, waitall: bool, block: bool) -> bytes:
+        sock = self._socket(handle)
+        size = min(size, self.limits.max_io_chunk)
+        flags = socket.MSG_PEEK if peek else 0
+        if block:
+            self._wait(sock.fileno(), select.POLLIN)
+        data = sock.recv(size, flags)
+        if not (waitall and block and not peek):
+            return data
+        parts = [data]
+        received = len(data)
+        while data and received < size:
+            self._wait(sock.fileno(), select.POLLIN)
+            data = sock.recv(size - received)
+            parts.append(data)
+            received += len(data)
+        return b"".join(parts)
+
+    @_translated
+    def send(self, handle: int, data: bytes | memoryview, block: bool) -> int:
+        sock = self._socket(handle)
+        if block:
+            self._wait(sock.fileno(), select.POLLOUT)
+        return sock.send(data[: self.limits.max_io_chunk])
+
+    @_translated
+    def shutdown(self, handle: int, how: int) -> None:
+        sock = self._socket(handle)
+        modes = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
+        if how not in modes:
+            raise HostError(Errno.INVAL)
+        sock.shutdown(modes[how])
+
+    def _wait(self, fd: int, events: int) -> None:
+        """Block until `fd` is ready (or the keep's channel stirs: KeepHungUp)."""
+        if self.keep_channel_fd is not None:
+            self._wait_unless_keep_gone(fd, events, None)
+            return
+        poller = select.poll()
+        poller.register(fd, events)
+        poller.poll()
+
+    # -- the keep telling the host -------------------------------------------------
+    def log(self, level: int, text: str) -> None:
+        # The keep is not trusted with the operator's terminal: no control characters.
+        clean = "".join(char if char.isprintable() else "?" for char in text)
+        log.log({0: logging.DEBUG, 1: logging.INFO}.get(level, logging.WARNING), "keep: %s", clean)
+
+    def publish_certificate(self, pem: bytes) -> None:
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise HostError(Errno.INVAL)
+        self.certificate = pem
+        if self.certificate_path is not None:
+            try:
+                self.certificate_path.write_bytes(pem)
+            except OSError as error:
+                log.warning(
+                    "cannot write the keep's certificate to %s: %s", self.certificate_path, error
+                )
+                raise HostError(errno_of(error)) from None
+        log.info("the keep's certificate: %d bytes", len(pem))
 
     # -- waiting ----------------------------------------------------------------
     @_translated

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from wasmkeep.errors import BackendUnavailable, ConfigError
+from wasmkeep.errors import ConfigError
 from wasmkeep.host.executor import Executor
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
-from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest
+from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest, TlsParams
 
 if TYPE_CHECKING:
     from wasmkeep.config import Config
@@ -54,10 +54,10 @@ def prepare_host(
             elif kind is HandleKind.NULL:
                 handle, filetype = executor.add_null()
             else:
-                raise BackendUnavailable(
-                    f"files[{index}] ({spec.kind} {spec.name!r}): network sockets are not "
-                    "supported by this version of wasmkeep yet"
-                )
+                handle, filetype = _open_socket(executor, index, spec), FileType.SOCKET_STREAM
+                tls = _tls_params(spec)
+                fds.append(HandleInfo(handle, kind, filetype, name=spec.name, tls=tls))
+                continue
             fds.append(HandleInfo(handle, kind, filetype, name=spec.name))
         for directory in config.dirs if config else ():
             try:
@@ -90,3 +90,37 @@ def prepare_host(
         args=(program, *(config.args if config else ()), *args), env=env, fds=tuple(fds)
     )
     return executor, manifest
+
+
+def _open_socket(executor: Executor, index: int, spec: object) -> int:
+    """The host's socket for a listen or connect file (made before the keep starts)."""
+    from wasmkeep.config import ConnectFile, ListenFile
+
+    assert isinstance(spec, ListenFile | ConnectFile)
+    try:
+        if isinstance(spec, ListenFile):
+            return executor.add_listener(spec.addr, spec.port)
+        return executor.add_connection(spec.host, spec.port)
+    except OSError as error:
+        what = (
+            f"listen on [{spec.addr}]:{spec.port}"
+            if isinstance(spec, ListenFile)
+            else f"connect to {spec.host}:{spec.port}"
+        )
+        reason = error.strerror or str(error)
+        raise ConfigError(
+            f"files[{index}] ({spec.kind} {spec.name!r}): cannot {what}: {reason}"
+        ) from None
+
+
+def _tls_params(spec: object) -> TlsParams | None:
+    from wasmkeep.config import ConnectFile, ListenFile
+
+    assert isinstance(spec, ListenFile | ConnectFile)
+    if not spec.tls:
+        return None
+    if isinstance(spec, ListenFile):
+        bundle = spec.client_ca
+        return TlsParams(spec.tls_min.value, bundle.pem if bundle else None, "")
+    bundle = spec.ca
+    return TlsParams(spec.tls_min.value, bundle.pem if bundle else None, spec.host)

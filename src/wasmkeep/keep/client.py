@@ -219,6 +219,37 @@ class SallyportHost:
             raise self._violation("readlink_at", "link target contains NUL")
         return target
 
+    # -- sockets --------------------------------------------------------------------
+    def accept(self, handle: int, block: bool) -> int:
+        connection: int = self._call("accept", self._known(handle), block)
+        if connection in self._handles:
+            raise self._violation("accept", f"handle {connection} is already in use")
+        self._handles.add(connection)
+        return connection
+
+    def recv(self, handle: int, size: int, peek: bool, waitall: bool, block: bool) -> bytes:
+        data: bytes = self._call("recv", self._known(handle), size, peek, waitall, block)
+        if len(data) > size:
+            raise self._violation("recv", f"{len(data)} bytes for a receive of {size}")
+        return data
+
+    def send(self, handle: int, data: bytes | memoryview, block: bool) -> int:
+        data = data[: self._limits.max_io_chunk]
+        sent: int = self._call("send", self._known(handle), data, block)
+        if sent > len(data):
+            raise self._violation("send", f"{sent} bytes sent of {len(data)}")
+        return sent
+
+    def shutdown(self, handle: int, how: int) -> None:
+        self._call("shutdown", self._known(handle), how)
+
+    # -- the keep telling the host ---------------------------------------------------
+    def log(self, level: int, text: str) -> None:
+        self._call("log", level, text[:4096])
+
+    def publish_certificate(self, pem: bytes) -> None:
+        self._call("publish_certificate", pem)
+
     # -- waiting ----------------------------------------------------------------
     def poll(
         self, interests: Sequence[tuple[int, int]], timeout_ns: int | None

@@ -39,6 +39,7 @@ from wasmkeep.keep import lockdown
 from wasmkeep.keep.client import SallyportHost
 from wasmkeep.keep.engine import EngineSettings
 from wasmkeep.keep.runtime import PreparedRun, RunOptions
+from wasmkeep.keep.tls import prepare_tls
 from wasmkeep.sallyport.boot import Boot, Exit, Outcome, boot_payload_limit
 from wasmkeep.sallyport.channel import Channel, frame_payload_limit
 from wasmkeep.sallyport.codec import Kind, ProtocolError
@@ -98,6 +99,9 @@ def _keep(channel: Channel) -> Exit:
         boot = Boot.decode(frame.payload)
     except ProtocolError as error:
         raise HostProtocolViolation(f"BOOT: {error}") from None
+    # TLS needs files (the default trust store; ssl loads keys from files):
+    # everything TLS is made now, while the keep still has a file system.
+    tls = prepare_tls(boot.manifest)
     _silence_stdio()
     lockdown.empty_root()
 
@@ -109,7 +113,7 @@ def _keep(channel: Channel) -> Exit:
         settings=EngineSettings(parallel_compilation=False),
         interrupt_host_calls=False,
     )
-    prepared = PreparedRun(Workload(boot.name, boot.wasm), boot.manifest, host, options)
+    prepared = PreparedRun(Workload(boot.name, boot.wasm), boot.manifest, host, options, tls)
     lockdown.seal(
         channel.fd,
         memory_bytes=boot.max_memory + RUNTIME_ALLOWANCE + 4 * len(boot.wasm),

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import wasmtime
 
@@ -29,6 +30,9 @@ from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.calls import HostCalls
 from wasmkeep.sallyport.types import KeepManifest
 from wasmkeep.workload import Workload
+
+if TYPE_CHECKING:
+    from wasmkeep.keep.tls import KeepTls
 
 __all__ = ["PreparedRun", "RunOptions", "check_interface", "run_workload"]
 
@@ -135,6 +139,7 @@ class PreparedRun:
         manifest: KeepManifest,
         host: HostCalls,
         options: RunOptions | None = None,
+        tls: KeepTls | None = None,
     ) -> None:
         self.options = options = options or RunOptions()
         settings = options.settings
@@ -159,7 +164,9 @@ class PreparedRun:
 
         self.store = store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=options.max_memory)
-        self.wasi = wasi = Preview1(manifest, host, options.limits)
+        self.wasi = wasi = Preview1(manifest, host, options.limits, tls=tls)
+        if tls is not None:
+            host.publish_certificate(tls.identity.chain_pem)
         self.outcome = _Outcome()
         linker = wasmtime.Linker(self.engine)
         self._natives = engine_module.bind_preview1(linker, wasi, self.outcome.fail)
@@ -219,13 +226,14 @@ def run_workload(
     manifest: KeepManifest,
     host: HostCalls,
     options: RunOptions | None = None,
+    tls: KeepTls | None = None,
 ) -> int:
     """Run the workload to its end; returns its exit status.
 
     Raises WorkloadError for a module that cannot run, WorkloadTrapped,
     WorkloadTimedOut, or the KeepError a host call raised.
     """
-    return PreparedRun(workload, manifest, host, options).run()
+    return PreparedRun(workload, manifest, host, options, tls).run()
 
 
 def _resolve(outcome: _Outcome, error: Exception, options: RunOptions) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.codec import ProtocolError, Reader, Writer
-from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest
+from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest, TlsParams
 
 __all__ = ["Boot", "Exit", "Outcome", "boot_payload_limit"]
 
@@ -22,7 +22,8 @@ _KINDS = list(HandleKind)
 def boot_payload_limit(limits: Limits = DEFAULT_LIMITS) -> int:
     """The largest BOOT frame: a module of the largest size, its arguments,
     environment and fds."""
-    return limits.max_module_size + 4 * limits.max_args_bytes + 1024 * 1024
+    fds = limits.max_config_files + limits.max_preopens
+    return limits.max_module_size + 4 * limits.max_args_bytes + fds * limits.max_ca_bundle_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class Boot:
         for info in self.manifest.fds:
             writer.u32(info.handle).u8(_KINDS.index(info.kind)).u8(info.filetype)
             writer.text(info.name).text(info.guest_path).u8(1 if info.read_only else 0)
+            _encode_tls(writer, info.tls)
         writer.u64(self.max_memory)
         writer.u8(0 if self.timeout_ns is None else 1).u64(self.timeout_ns or 0)
         writer.u8(0 if self.cpu_seconds is None else 1).u64(self.cpu_seconds or 0)
@@ -91,6 +93,7 @@ class Boot:
                     name=reader.text("fd name", 4096),
                     guest_path=reader.text("guest path", limits.max_path_bytes),
                     read_only=reader.bool("read-only"),
+                    tls=_decode_tls(reader, limits),
                 )
             )
         max_memory = reader.u64("max memory")
@@ -109,6 +112,26 @@ class Boot:
             cpu_seconds=cpu if has_cpu else None,
             test_hook=test_hook,
         )
+
+
+def _encode_tls(writer: Writer, tls: TlsParams | None) -> None:
+    if tls is None:
+        writer.u8(0)
+        return
+    writer.u8(1).text(tls.min_version).text(tls.server_name)
+    writer.u8(0 if tls.ca_pem is None else 1).blob(tls.ca_pem or b"")
+
+
+def _decode_tls(reader: Reader, limits: Limits) -> TlsParams | None:
+    if not reader.bool("tls flag"):
+        return None
+    min_version = reader.text("TLS version", 8)
+    if min_version not in ("1.2", "1.3"):
+        raise ProtocolError(f"unknown TLS version {min_version!r}")
+    server_name = reader.text("server name", 255)
+    has_ca = reader.bool("CA flag")
+    ca_pem = reader.blob("CA bundle", limits.max_ca_bundle_size)
+    return TlsParams(min_version, ca_pem if has_ca else None, server_name)
 
 
 def _os_bytes(text: str) -> bytes:

@@ -164,6 +164,32 @@ class HostCalls(Protocol):
         """The contents of a symbolic link."""
         ...
 
+    # -- sockets (named in the config: listen and connect files) -------------
+    def accept(self, handle: int, block: bool) -> int:
+        """Accept a connection on a listening socket; returns its handle."""
+        ...
+
+    def recv(self, handle: int, size: int, peek: bool, waitall: bool, block: bool) -> bytes:
+        """Receive at most `size` bytes (b"" at the end of the stream)."""
+        ...
+
+    def send(self, handle: int, data: bytes | memoryview, block: bool) -> int:
+        """Send; returns bytes sent."""
+        ...
+
+    def shutdown(self, handle: int, how: int) -> None:
+        """Shut a socket down for reading (1), writing (2) or both (3)."""
+        ...
+
+    # -- the keep telling the host ---------------------------------------------
+    def log(self, level: int, text: str) -> None:
+        """A line for the operator (level: 0 debug, 1 info, 2 warning)."""
+        ...
+
+    def publish_certificate(self, pem: bytes) -> None:
+        """The keep's certificate chain (PEM), for clients to trust."""
+        ...
+
     # -- waiting -----------------------------------------------------------
     def poll(
         self, interests: Sequence[tuple[int, int]], timeout_ns: int | None

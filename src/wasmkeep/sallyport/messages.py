@@ -162,6 +162,28 @@ class _Timeout(FieldType):
         return value if present else None
 
 
+class _Text(FieldType):
+    name = "text"
+    wire = "u32 length + UTF-8 (at most 4 KiB)"
+
+    def encode(self, writer: Writer, value: str) -> None:
+        writer.text(value)
+
+    def decode(self, reader: Reader, what: str, limits: Limits) -> str:
+        return reader.text(what, 4096)
+
+
+class _Pem(FieldType):
+    name = "pem"
+    wire = "u32 length + bytes (at most 64 KiB)"
+
+    def encode(self, writer: Writer, value: bytes) -> None:
+        writer.blob(value)
+
+    def decode(self, reader: Reader, what: str, limits: Limits) -> bytes:
+        return reader.blob(what, 64 * 1024)
+
+
 class _FileStat(FieldType):
     name = "filestat"
     wire = "dev u64, ino u64, filetype u8, nlink u64, size u64, atim u64, mtim u64, ctim u64"
@@ -260,6 +282,7 @@ FILESTAT, DIRENTS, INTERESTS, POLL_RESULTS = (
     _Interests(),
     _PollResults(),
 )
+TEXT, PEM = _Text(), _Pem()
 
 Fields = tuple[tuple[str, FieldType], ...]
 
@@ -289,6 +312,12 @@ class Op(enum.IntEnum):
     SYMLINK_AT = 22
     READLINK_AT = 23
     POLL = 24
+    ACCEPT = 25
+    RECV = 26
+    SEND = 27
+    SHUTDOWN = 28
+    LOG = 29
+    PUBLISH_CERTIFICATE = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +451,17 @@ MESSAGES: tuple[Message, ...] = (
         (("interests", INTERESTS), ("timeout_ns", TIMEOUT)),
         (("readiness", POLL_RESULTS),),
     ),
+    Message(Op.ACCEPT, "accept", (_HANDLE, ("block", BOOL)), (("connection", U32),)),
+    Message(
+        Op.RECV,
+        "recv",
+        (_HANDLE, ("size", U32), ("peek", BOOL), ("waitall", BOOL), ("block", BOOL)),
+        (("data", DATA),),
+    ),
+    Message(Op.SEND, "send", (_HANDLE, ("data", DATA), ("block", BOOL)), (("written", U32),)),
+    Message(Op.SHUTDOWN, "shutdown", (_HANDLE, ("how", U8)), ()),
+    Message(Op.LOG, "log", (("level", U8), ("text", TEXT)), ()),
+    Message(Op.PUBLISH_CERTIFICATE, "publish_certificate", (("pem", PEM),), ()),
 )
 
 BY_OP: dict[int, Message] = {message.op: message for message in MESSAGES}

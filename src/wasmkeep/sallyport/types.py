@@ -179,6 +179,21 @@ class HandleKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsParams:
+    """TLS, terminated inside the keep, on a listen or connect socket.
+
+    `ca_pem` is public configuration, sent by the host: for a listener, the
+    CAs a client certificate must chain to (None: no client certificate is
+    asked for); for a connection, the trust anchors for the server (None: the
+    keep's default store). `server_name` is the name a connection checks.
+    """
+
+    min_version: str = "1.3"
+    ca_pem: bytes | None = None
+    server_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class HandleInfo:
     """One guest fd the keep starts with: the host's handle for it and what it is.
 
@@ -192,6 +207,7 @@ class HandleInfo:
     name: str = ""
     guest_path: str = ""
     read_only: bool = False
+    tls: TlsParams | None = None
 
 
 @dataclass(frozen=True, slots=True)

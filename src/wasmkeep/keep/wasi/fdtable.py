@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from wasmkeep.keep.wasi.abi import Rights
 from wasmkeep.sallyport.types import Errno, FileType, HandleKind, HostError
+
+if TYPE_CHECKING:
+    import ssl
+
+    from wasmkeep.keep.wasi.streams import Stream
 
 __all__ = ["FdEntry", "FdTable"]
 
@@ -28,6 +34,10 @@ class FdEntry:
     preopen: str | None = None
     #: Set for every fd under a read-only preopen: no right that changes files.
     read_only: bool = False
+    #: A connected socket: how its bytes move (plain, or TLS inside the keep).
+    stream: Stream | None = None
+    #: A listening socket with TLS: the context its connections are wrapped in.
+    tls_server: ssl.SSLContext | None = None
     is_directory: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,7 +121,7 @@ def rights_for(filetype: FileType, *, read_only: bool) -> int:
     elif filetype in (FileType.REGULAR_FILE, FileType.BLOCK_DEVICE):
         rights = Rights.REGULAR_FILE
     elif filetype == FileType.SOCKET_STREAM:
-        rights = Rights.STREAM | Rights.SOCK_SHUTDOWN | Rights.SOCK_ACCEPT
+        rights = Rights.STREAM | Rights.SOCK_SHUTDOWN
     else:
         rights = Rights.STREAM
     if read_only:

@@ -20,12 +20,14 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from wasmkeep.keep.wasi import abi
 from wasmkeep.keep.wasi.abi import Errno, FileType, Rights, Whence
 from wasmkeep.keep.wasi.fdtable import FdEntry, FdTable, rights_for
 from wasmkeep.keep.wasi.memory import GuestMemory
 from wasmkeep.keep.wasi.output import GatheredOutput
+from wasmkeep.keep.wasi.streams import PlainStream, Stream
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.calls import FDFLAGS, OFLAGS, POLL_READ, POLL_WRITE, HostCalls
 from wasmkeep.sallyport.types import (
@@ -36,6 +38,11 @@ from wasmkeep.sallyport.types import (
     HostError,
     KeepManifest,
 )
+
+if TYPE_CHECKING:
+    import ssl
+
+    from wasmkeep.keep.tls import KeepTls
 
 __all__ = ["IMPORT_MODULE", "KEEP_LOCAL", "SIGNATURES", "Preview1", "ProcExit"]
 
@@ -145,6 +152,7 @@ class Preview1:
         host: HostCalls,
         limits: Limits = DEFAULT_LIMITS,
         random: Callable[[int], bytes] = os.urandom,
+        tls: KeepTls | None = None,
     ) -> None:
         self.host = host
         self.limits = limits
@@ -154,8 +162,17 @@ class Preview1:
         self._args = _nul_terminated(manifest.args)
         self._env = _nul_terminated(f"{key}={value}" for key, value in manifest.env)
         self.fds = FdTable(limits.max_open_fds)
+        self._tls = tls
         for number, info in enumerate(manifest.fds):
-            self.fds.place(number, _boot_entry(info))
+            entry = _boot_entry(info)
+            if info.kind is HandleKind.CONNECT:
+                context = None if tls is None or info.tls is None else tls.contexts[info.handle]
+                name = info.tls.server_name if info.tls else ""
+                entry.stream = self._stream(info.handle, context, server_side=False, name=name)
+            elif info.kind is HandleKind.LISTEN and info.tls is not None:
+                assert tls is not None, "TLS sockets come with the keep's TLS set-up"
+                entry.tls_server = tls.contexts[info.handle]
+            self.fds.place(number, entry)
         self.output = GatheredOutput(host.write, _STREAM_CHUNK)
         # Bytes read from the host's stdin ahead of the guest, per handle.
         self._read_ahead: dict[int, bytes | memoryview] = {}
@@ -307,6 +324,8 @@ class Preview1:
         entry = self.fds.get(fd)
         self.output.flush_handle(entry.handle)
         self._read_ahead.pop(entry.handle, None)
+        if entry.stream is not None:
+            entry.stream.close()
         self.fds.remove(fd)
         self.host.close(entry.handle)
         return _SUCCESS
@@ -345,6 +364,13 @@ class Preview1:
         if entry.kind not in (None, HandleKind.DIRECTORY) and flags & FDFLAGS.APPEND:
             # The keep's stdio and sockets stay as the host set them up.
             return Errno.NOTSUP
+        if entry.filetype == FileType.SOCKET_STREAM:
+            # Host sockets never block at the OS level; each request says
+            # whether to wait, from this flag.
+            if flags & ~FDFLAGS.NONBLOCK:
+                return Errno.NOTSUP
+            entry.fdflags = flags
+            return _SUCCESS
         self.host.set_fdflags(entry.handle, flags)
         entry.fdflags = flags
         return _SUCCESS
@@ -407,6 +433,11 @@ class Preview1:
         if not wanted:
             self.mem.write_u32(nread_ptr, 0)
             return _SUCCESS
+        if entry.stream is not None:
+            if self.output.pending:
+                self.output.flush()
+            self.mem.write_u32(nread_ptr, self._receive_into(entry, entry.stream, vectors, 0))
+            return _SUCCESS
         handle = entry.handle
         data = self._read_ahead.pop(handle, b"")
         if not data:
@@ -437,7 +468,11 @@ class Preview1:
         if self.output.pending:
             self.output.flush()
         data = self._gather(iovs, iovs_len)
-        written = self.host.write(handle, data) if len(data) else 0
+        if entry.stream is not None:
+            block = not entry.fdflags & FDFLAGS.NONBLOCK
+            written = entry.stream.send(data, block=block) if len(data) else 0
+        else:
+            written = self.host.write(handle, data) if len(data) else 0
         self.mem.write_u32(nwritten_ptr, written)
         return _SUCCESS
 
@@ -664,7 +699,8 @@ class Preview1:
         events: list[tuple[int, int, int, int, int]] = []  # userdata, errno, type, nbytes, flags
         timers: list[tuple[int, int]] = []  # deadline on the monotonic clock (ns), userdata
         interests: list[tuple[int, int]] = []
-        waiting: list[tuple[int, int]] = []  # userdata, event type, for each interest
+        # userdata, event type and (read interests on sockets) stream, per interest
+        waiting: list[tuple[int, int, Stream | None]] = []
         now = time.monotonic_ns()
         for index in range(count):
             userdata, tag, body = abi.SUBSCRIPTION.unpack_from(mem.view, in_ptr + 48 * index)
@@ -685,27 +721,20 @@ class Preview1:
                 except HostError as error:
                     events.append((userdata, error.errno, tag, 0, 0))
                     continue
-                buffered = (
-                    self._read_ahead.get(entry.handle) if tag == abi.EventType.FD_READ else None
-                )
-                if buffered:
-                    events.append((userdata, _SUCCESS, tag, len(buffered), 0))
+                ready_now = self._readable_now(entry) if tag == abi.EventType.FD_READ else 0
+                if ready_now:
+                    events.append((userdata, _SUCCESS, tag, max(ready_now, 0), 0))
                     continue
                 interest = POLL_READ if tag == abi.EventType.FD_READ else POLL_WRITE
                 interests.append((entry.handle, interest))
-                waiting.append((userdata, tag))
+                waiting.append((userdata, tag, entry.stream if interest == POLL_READ else None))
             else:
                 return Errno.INVAL
 
         if not events:
             first_deadline = min((deadline for deadline, _ in timers), default=None)
             if interests:
-                timeout_ns = None if first_deadline is None else max(0, first_deadline - now)
-                ready = self.host.poll(interests, timeout_ns)
-                for (userdata, tag), result in zip(waiting, ready, strict=True):
-                    if result is not None:
-                        flags = abi.EVENT_FD_READWRITE_HANGUP if result.hangup else 0
-                        events.append((userdata, result.errno, tag, result.nbytes, flags))
+                events += self._wait_for_fds(interests, waiting, first_deadline)
             elif first_deadline is not None:
                 delay = first_deadline - time.monotonic_ns()
                 if delay > 0:
@@ -722,7 +751,53 @@ class Preview1:
         mem.write_u32(nevents_ptr, len(events))
         return _SUCCESS
 
+    def _readable_now(self, entry: FdEntry) -> int:
+        """Bytes a read gives without asking the host (-1: end of stream)."""
+        if entry.stream is not None:
+            return entry.stream.ready()
+        return len(self._read_ahead.get(entry.handle, b""))
+
+    def _wait_for_fds(
+        self,
+        interests: list[tuple[int, int]],
+        waiting: list[tuple[int, int, Stream | None]],
+        deadline: int | None,
+    ) -> list[tuple[int, int, int, int, int]]:
+        """Ask the host until an fd is ready or the deadline passes. A socket the
+        host calls readable may still hold no whole TLS record: its stream takes
+        what arrived and says whether the guest would get data."""
+        while True:
+            now = time.monotonic_ns()
+            timeout_ns = None if deadline is None else max(0, deadline - now)
+            events: list[tuple[int, int, int, int, int]] = []
+            for (userdata, tag, stream), result in zip(
+                waiting, self.host.poll(interests, timeout_ns), strict=True
+            ):
+                if result is None:
+                    continue
+                nbytes = result.nbytes
+                if stream is not None and result.errno == Errno.SUCCESS:
+                    if not stream.pump() and not result.hangup:
+                        continue
+                    decrypted = stream.ready()
+                    if decrypted > 0:
+                        nbytes = decrypted
+                flags = abi.EVENT_FD_READWRITE_HANGUP if result.hangup else 0
+                events.append((userdata, result.errno, tag, nbytes, flags))
+            if events or (deadline is not None and time.monotonic_ns() >= deadline):
+                return events
+
     # -- sockets --------------------------------------------------------------
+    def _stream(
+        self, handle: int, context: ssl.SSLContext | None, *, server_side: bool, name: str = ""
+    ) -> Stream:
+        """The stream of a connected socket: plain, or TLS inside the keep."""
+        if context is None:
+            return PlainStream(self.host, handle)
+        from wasmkeep.keep.tls import TlsStream  # loaded before lockdown when TLS is in use
+
+        return TlsStream(self.host, handle, context, server_side=server_side, server_name=name)
+
     def _socket(self, fd: int, rights: int) -> FdEntry:
         entry = self.fds.get(fd)
         if entry.filetype != FileType.SOCKET_STREAM:
@@ -730,24 +805,80 @@ class Preview1:
         entry.require(rights)
         return entry
 
+    def _connected(self, fd: int, rights: int) -> tuple[FdEntry, Stream]:
+        entry = self._socket(fd, rights)
+        if entry.stream is None:  # a listener: it has no peer
+            raise HostError(Errno.NOTCONN)
+        return entry, entry.stream
+
     def sock_accept(self, fd: int, flags: int, fd_ptr: int) -> int:
-        self._socket(fd, Rights.SOCK_ACCEPT)
-        # Sockets arrive with the networking support; no fd is a socket before it.
-        return Errno.NOTSUP
+        listener = self._socket(fd, Rights.SOCK_ACCEPT)
+        if listener.kind is not HandleKind.LISTEN:
+            return Errno.INVAL
+        if flags & ~FDFLAGS.NONBLOCK:
+            return Errno.INVAL
+        self.mem.check(fd_ptr, 4)
+        handle = self.host.accept(listener.handle, block=not listener.fdflags & FDFLAGS.NONBLOCK)
+        entry = FdEntry(
+            handle=handle,
+            kind=None,
+            filetype=FileType.SOCKET_STREAM,
+            rights_base=rights_for(FileType.SOCKET_STREAM, read_only=False),
+            rights_inheriting=0,
+            fdflags=flags & FDFLAGS.NONBLOCK,
+            stream=self._stream(handle, listener.tls_server, server_side=True),
+        )
+        try:
+            number = self.fds.insert(entry)
+        except HostError:
+            self.host.close(handle)
+            raise
+        self.mem.write_u32(fd_ptr, number)
+        return _SUCCESS
+
+    def _receive_into(
+        self, entry: FdEntry, stream: Stream, vectors: list[tuple[int, int]], flags: int
+    ) -> int:
+        wanted = min(sum(length for _, length in vectors), self.limits.max_io_chunk)
+        if not wanted:
+            return 0
+        data = stream.recv(
+            wanted,
+            peek=bool(flags & abi.RIFLAGS_RECV_PEEK),
+            waitall=bool(flags & abi.RIFLAGS_RECV_WAITALL),
+            block=not entry.fdflags & FDFLAGS.NONBLOCK,
+        )
+        return self._scatter(vectors, data)
 
     def sock_recv(
         self, fd: int, ri_data: int, ri_data_len: int, ri_flags: int, ro_len: int, ro_flags: int
     ) -> int:
-        self._socket(fd, Rights.FD_READ)
-        return Errno.NOTSUP
+        entry, stream = self._connected(fd, Rights.FD_READ)
+        if ri_flags & ~(abi.RIFLAGS_RECV_PEEK | abi.RIFLAGS_RECV_WAITALL):
+            return Errno.INVAL
+        self.mem.check(ro_len, 4)
+        self.mem.check(ro_flags, 2)
+        received = self._receive_into(entry, stream, self._iovecs(ri_data, ri_data_len), ri_flags)
+        self.mem.write_u32(ro_len, received)
+        self.mem.write(ro_flags, b"\0\0")
+        return _SUCCESS
 
     def sock_send(self, fd: int, si_data: int, si_data_len: int, si_flags: int, so_len: int) -> int:
-        self._socket(fd, Rights.FD_WRITE)
-        return Errno.NOTSUP
+        entry, stream = self._connected(fd, Rights.FD_WRITE)
+        if si_flags:
+            return Errno.INVAL
+        self.mem.check(so_len, 4)
+        data = self._gather(si_data, si_data_len)
+        sent = stream.send(data, block=not entry.fdflags & FDFLAGS.NONBLOCK) if len(data) else 0
+        self.mem.write_u32(so_len, sent)
+        return _SUCCESS
 
     def sock_shutdown(self, fd: int, how: int) -> int:
-        self._socket(fd, Rights.SOCK_SHUTDOWN)
-        return Errno.NOTSUP
+        _, stream = self._connected(fd, Rights.SOCK_SHUTDOWN)
+        if how not in (abi.SDFLAGS_RD, abi.SDFLAGS_WR, abi.SDFLAGS_RD | abi.SDFLAGS_WR):
+            return Errno.INVAL
+        stream.shutdown(how)
+        return _SUCCESS
 
 
 def _boot_entry(info: HandleInfo) -> FdEntry:
@@ -760,6 +891,10 @@ def _boot_entry(info: HandleInfo) -> FdEntry:
     if info.filetype == FileType.CHARACTER_DEVICE:
         # isatty() in wasi-libc: a character device without seek or tell.
         base &= ~(Rights.FD_SEEK | Rights.FD_TELL)
+    if info.kind is HandleKind.LISTEN:
+        # A listener accepts and is polled; it carries no bytes itself.
+        base = Rights.SOCK_ACCEPT | Rights.POLL_FD_READWRITE | Rights.FD_FDSTAT_SET_FLAGS
+        base |= Rights.FD_FILESTAT_GET
     directory = info.kind is HandleKind.DIRECTORY
     return FdEntry(
         handle=info.handle,

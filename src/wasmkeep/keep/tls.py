@@ -1,0 +1,295 @@
+"""TLS terminated inside the keep.
+
+For every `prot = "tls"` socket the keep runs the TLS protocol itself, with
+Python's `ssl` over memory BIOs: the host relays ciphertext, and neither the
+private key nor any plaintext ever crosses sallyport.
+
+The keep's identity is a key pair made inside the keep at boot (ECDSA P-256)
+and, until a Steward issues one, a self-signed certificate for it; the
+certificate (public) is published to the host so that clients can be told to
+trust it. Everything that reads files (the default trust store, loading the
+key into a context) happens in :func:`prepare_tls`, before the keep gives up
+its file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from wasmkeep.sallyport.calls import HostCalls
+from wasmkeep.sallyport.types import Errno, HandleKind, HostError, KeepManifest
+
+__all__ = ["Identity", "KeepTls", "TlsStream", "prepare_tls"]
+
+#: Ciphertext asked of the host at a time: a TLS record is at most ~16 KiB.
+_RECEIVE = 64 * 1024
+#: Ciphertext the keep holds for a non-blocking sender before it says AGAIN.
+_BACKLOG_LIMIT = 1 << 20
+_LOG_WARNING = 2
+_VALIDITY = datetime.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The keep's key pair and certificate chain (PEM). The key stays in the keep."""
+
+    key_pem: bytes
+    chain_pem: bytes
+
+    @classmethod
+    def self_signed(cls, names: Iterable[str], subject: str = "wasmkeep keep") -> Identity:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        alternative: list[x509.GeneralName] = []
+        for entry in dict.fromkeys(names):
+            try:
+                alternative.append(x509.IPAddress(ipaddress.ip_address(entry)))
+            except ValueError:
+                alternative.append(x509.DNSName(entry))
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cls(key_pem, certificate.public_bytes(serialization.Encoding.PEM))
+
+    def load_into(self, context: ssl.SSLContext) -> None:
+        """ssl reads a key only from a file: give it an anonymous in-memory one."""
+        fd = os.memfd_create("keep-identity", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, self.key_pem + self.chain_pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class KeepTls:
+    """The keep's identity and a TLS context for each TLS socket, by host handle."""
+
+    identity: Identity
+    contexts: dict[int, ssl.SSLContext]
+
+
+def _names() -> list[str]:
+    """Names clients may reach the keep by on this machine. (A Steward-issued
+    certificate, later, carries the names the operator configures.)"""
+    names = ["localhost", "127.0.0.1", "::1"]
+    node = os.uname().nodename
+    labels = node.split(".")
+    if node and all(label.replace("-", "").isalnum() and label.isascii() for label in labels):
+        names.append(node.lower())
+    return names
+
+
+def prepare_tls(manifest: KeepManifest) -> KeepTls | None:
+    """The keep's identity and contexts, or None when no socket uses TLS."""
+    tls_fds = [info for info in manifest.fds if info.tls is not None]
+    if not tls_fds:
+        return None
+    identity = Identity.self_signed(_names())
+    contexts: dict[int, ssl.SSLContext] = {}
+    for info in tls_fds:
+        assert info.tls is not None
+        server = info.kind is HandleKind.LISTEN
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = (
+            ssl.TLSVersion.TLSv1_2 if info.tls.min_version == "1.2" else ssl.TLSVersion.TLSv1_3
+        )
+        identity.load_into(context)  # a server's certificate; a client's for mutual TLS
+        if server:
+            if info.tls.ca_pem is not None:
+                context.load_verify_locations(cadata=info.tls.ca_pem.decode("ascii"))
+                context.verify_mode = ssl.CERT_REQUIRED
+        elif info.tls.ca_pem is not None:
+            context.load_verify_locations(cadata=info.tls.ca_pem.decode("ascii"))
+        else:
+            context.load_default_certs()
+        contexts[info.handle] = context
+    return KeepTls(identity, contexts)
+
+
+class TlsStream:
+    """One TLS connection, driven by the guest's reads and writes."""
+
+    def __init__(
+        self,
+        host: HostCalls,
+        handle: int,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_name: str = "",
+    ) -> None:
+        self._host = host
+        self._handle = handle
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=server_side,
+            server_hostname=None if server_side else server_name,
+        )
+        self._server_side = server_side
+        self._plain = bytearray()
+        self._backlog = bytearray()  # ciphertext not yet taken by the host
+        self._ended = False
+        self._failed: Errno | None = None
+
+    # -- moving ciphertext --------------------------------------------------------
+    def _flush(self, block: bool) -> None:
+        self._backlog += self._outgoing.read()
+        while self._backlog:
+            try:
+                sent = self._host.send(self._handle, memoryview(self._backlog), block)
+            except HostError as error:
+                if error.errno == Errno.AGAIN and not block:
+                    return
+                raise
+            del self._backlog[:sent]
+
+    def _receive(self, block: bool) -> bool:
+        """Feed what the host has; False if nothing came and not blocking."""
+        try:
+            data = self._host.recv(self._handle, _RECEIVE, False, False, block)
+        except HostError as error:
+            if error.errno == Errno.AGAIN and not block:
+                return False
+            raise
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+        return True
+
+    def _fail(self, error: ssl.SSLError | HostError) -> None:
+        stage = "during the handshake" if not self._tls_established() else "after the handshake"
+        peer = "a client" if self._server_side else "the server"
+        reason = getattr(error, "reason", None) or str(error)
+        self._host.log(_LOG_WARNING, f"TLS with {peer} failed {stage}: {reason}")
+        self._failed = Errno.CONNABORTED if isinstance(error, ssl.SSLError) else error.errno
+
+    def _tls_established(self) -> bool:
+        try:
+            return self._tls.version() is not None
+        except ValueError:
+            return False
+
+    def _advance(self, block: bool, want: int = 1) -> bool:
+        """Decrypt until `want` bytes wait in the keep, or the stream ended or
+        failed. False if nothing can be read yet and the guest does not block."""
+        while len(self._plain) < want and not (self._ended or self._failed):
+            try:
+                data = self._tls.read(_RECEIVE)
+            except ssl.SSLWantReadError:
+                try:
+                    self._flush(block=True)  # handshake messages must get out
+                    if not self._receive(block):
+                        return bool(self._plain)
+                except HostError as error:
+                    self._fail(error)
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._ended = True  # close_notify, or the peer just closed
+                continue
+            except ssl.SSLError as error:
+                self._fail(error)
+                continue
+            if data:
+                self._plain += data
+            else:
+                self._ended = True
+        return True
+
+    # -- the Stream interface -------------------------------------------------------
+    def recv(self, size: int, *, peek: bool, waitall: bool, block: bool) -> bytes | memoryview:
+        want = size if waitall and block and not peek else 1
+        if not self._advance(block, want):
+            raise HostError(Errno.AGAIN)
+        if self._plain:
+            data = bytes(self._plain[:size])
+            if not peek:
+                del self._plain[:size]
+            return data
+        if self._failed:
+            raise HostError(self._failed)
+        return b""
+
+    def send(self, data: bytes | memoryview, *, block: bool) -> int:
+        if self._failed:
+            raise HostError(self._failed)
+        if not block and len(self._backlog) >= _BACKLOG_LIMIT:
+            self._flush(block=False)
+            if len(self._backlog) >= _BACKLOG_LIMIT:
+                raise HostError(Errno.AGAIN)
+        while True:
+            try:
+                written = self._tls.write(data)
+                break
+            except ssl.SSLWantReadError:
+                try:
+                    self._flush(block=True)
+                    if not self._receive(block):
+                        raise HostError(Errno.AGAIN) from None
+                except HostError as error:
+                    if error.errno == Errno.AGAIN:
+                        raise
+                    self._fail(error)
+                    raise HostError(self._failed or Errno.IO) from None
+            except ssl.SSLError as error:
+                self._fail(error)
+                raise HostError(self._failed or Errno.IO) from None
+        self._flush(block)
+        return written
+
+    def shutdown(self, how: int) -> None:
+        if how & 2 and not self._failed:
+            self.close()
+        self._host.shutdown(self._handle, how)
+
+    def ready(self) -> int:
+        if self._plain:
+            return len(self._plain)
+        return -1 if (self._ended or self._failed) else 0
+
+    def pump(self) -> bool:
+        return self._advance(block=False)
+
+    def close(self) -> None:
+        if self._failed or not self._tls_established():
+            return
+        with contextlib.suppress(ssl.SSLError):
+            self._tls.unwrap()
+        with contextlib.suppress(HostError):
+            self._flush(block=False)
