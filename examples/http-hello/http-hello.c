@@ -257,18 +257,17 @@ static const char *trim(const char *start, size_t *len) {
 
 /* Connection: a comma-separated list of options; "close" and "keep-alive" matter. */
 static void parse_connection(const char *value, size_t len, struct request *req) {
-    while (len > 0) {
-        const char *comma = memchr(value, ',', len);
-        size_t item_len = comma ? (size_t)(comma - value) : len;
+    const char *end = value + len;
+    for (;;) {
+        const char *comma = memchr(value, ',', (size_t)(end - value));
+        size_t item_len = (size_t)((comma ? comma : end) - value);
         const char *item = trim(value, &item_len);
         if (item_len == 5 && strncasecmp(item, "close", 5) == 0)
             req->keep_alive = 0;
         else if (item_len == 10 && strncasecmp(item, "keep-alive", 10) == 0 && req->http10)
             req->keep_alive = 1;
         if (!comma)
-            break;
-        len -= item_len + (size_t)(item - value) + 1;
-        len = (size_t)(value + len + item_len + (size_t)(item - value) + 1 - comma - 1);
+            return;
         value = comma + 1;
     }
 }
@@ -313,10 +312,11 @@ static int parse_header(const char *line, size_t len, struct request *req, int *
 /* The status to answer the head [head, head + len) with: 200, 400 or 405. */
 static int parse_request(const char *head, size_t len, struct request *req) {
     const char *end = head + len, *next = head, *line;
-    size_t line_len;
+    size_t line_len = 0;
     int method_status, transfer_encoding = 0;
     *req = (struct request){.body_length = ULLONG_MAX};
-    next_line(&line, &next, &line_len, end);
+    if (!next_line(&line, &next, &line_len, end))
+        return 400;
     method_status = parse_request_line(line, line_len, req);
     if (method_status == 400)
         return 400;
@@ -341,11 +341,15 @@ static const char *reason(int status) {
     }
 }
 
-/* Queues a response (the caller made MAX_RESPONSE bytes of room). */
+static int limit_reached(const struct server *s) {
+    return s->max_requests && s->responses >= s->max_requests;
+}
+
+/* Queues a response (the caller saw MAX_RESPONSE bytes of room). REQ is NULL
+ * when the request could not be parsed: then the connection closes. */
 static void respond(struct server *s, struct client *c, int status, const struct request *req) {
-    int keep_alive = req && req->keep_alive && status != 400 && status != 431;
-    if (s->max_requests && ++s->responses >= s->max_requests)
-        keep_alive = 0;
+    s->responses++;
+    int keep_alive = req && req->keep_alive && !limit_reached(s);
     char body[64];
     int body_len = status == 200 ? snprintf(body, sizeof body, "%s", HELLO)
                                  : snprintf(body, sizeof body, "%s\n", reason(status));
@@ -382,28 +386,36 @@ static void skip_body(struct client *c) {
     c->in_len -= n;
 }
 
-/* Answers every complete request received, as far as the output room allows. */
-static void handle_requests(struct server *s, struct client *c) {
-    while (c->phase == READING && !(s->max_requests && s->responses >= s->max_requests)) {
-        skip_body(c);
-        /* RFC 9112, 2.2: ignore empty lines before a request line. */
-        while (c->in_len && (c->in[c->in_start] == '\r' || c->in[c->in_start] == '\n'))
-            c->in_start++, c->in_len--;
-        if (c->body_left || c->in_len == 0 || out_room(c) < MAX_RESPONSE)
-            return;
-        size_t len = head_length(c->in + c->in_start, c->in_len);
-        if (len == 0) {
-            if (c->in_start + c->in_len == MAX_HEAD && c->in_start == 0)
-                respond(s, c, 431, NULL);
-            return;
-        }
-        struct request req;
-        int status = parse_request(c->in + c->in_start, len, &req);
-        c->in_start += len;
-        c->in_len -= len;
-        c->body_left = req.body_length;
-        respond(s, c, status, status == 400 ? NULL : &req);
+/* Takes the next request head off the input. Returns its status (200, 400,
+ * 405; 431 for a head too long to complete) or 0 if it has not all arrived. */
+static int take_request(struct client *c, struct request *req) {
+    skip_body(c);
+    /* RFC 9112, 2.2: ignore empty lines before a request line. */
+    while (c->in_len && (c->in[c->in_start] == '\r' || c->in[c->in_start] == '\n'))
+        c->in_start++, c->in_len--;
+    if (c->body_left || c->in_len == 0)
+        return 0;
+    size_t len = head_length(c->in + c->in_start, c->in_len);
+    if (len == 0)
+        return c->in_len == MAX_HEAD ? 431 : 0;
+    int status = parse_request(c->in + c->in_start, len, req);
+    c->in_start += len;
+    c->in_len -= len;
+    c->body_left = status == 400 ? 0 : req->body_length;
+    return status;
+}
+
+/* Answers the complete requests received, as far as the output room allows;
+ * returns how many. */
+static int handle_requests(struct server *s, struct client *c) {
+    int answered = 0, status;
+    struct request req;
+    while (c->phase == READING && !limit_reached(s) && out_room(c) >= MAX_RESPONSE &&
+           (status = take_request(c, &req)) != 0) {
+        respond(s, c, status, status == 400 || status == 431 ? NULL : &req);
+        answered++;
     }
+    return answered;
 }
 
 static int wants_input(const struct client *c) {
@@ -438,6 +450,8 @@ static int client_flush(struct client *c) {
             continue;
         if (n < 0 && would_block(errno))
             return 0;
+        if (n == 0)
+            errno = EPIPE; /* a socket that takes nothing is not coming back */
         if (n <= 0)
             return -1;
         c->out_start += (size_t)n;
@@ -467,21 +481,30 @@ static void client_serve(struct server *s, struct client *c, short revents) {
         client_close(c); /* gone both ways */
         return;
     }
-    handle_requests(s, c);
-    if (c->out_len > 0 && client_flush(c) < 0)
-        client_close(c);
+    /* Answer and send until the socket is full or no complete request is
+     * left: requests held back for want of output room are answered as soon
+     * as the output is out. */
+    while (handle_requests(s, c) > 0 || c->out_len > 0) {
+        if (client_flush(c) < 0) {
+            client_close(c);
+            return;
+        }
+        if (c->out_len > 0)
+            return; /* the rest on POLLOUT */
+    }
 }
 
 /* Moves a client on once its output is out; closes it when it is done. */
 static void client_settle(const struct server *s, struct client *c) {
     if (c->fd < 0 || c->out_len > 0)
         return;
-    int stopping = s->max_requests && s->responses >= s->max_requests;
+    int stopping = limit_reached(s);
     if (c->phase == CLOSING && !stopping) {
         /* Half-close and read on until the client closes: closing with its
          * data unread would send a reset, which can destroy the response. */
         shutdown(c->fd, SHUT_WR);
         c->phase = DRAINING;
+        c->in_start = c->in_len = 0; /* unanswered input: dropped too */
     }
     if (stopping || c->eof || c->drained > MAX_DRAIN)
         client_close(c);
@@ -489,14 +512,10 @@ static void client_settle(const struct server *s, struct client *c) {
 
 /* ---- the server ---------------------------------------------------------- */
 
-static int accepting(const struct server *s) {
-    return !s->max_requests || s->responses < s->max_requests;
-}
-
 static void add_client(struct server *s, int fd) {
     struct client *c = NULL;
-    if (s->count < MAX_CLIENTS && set_nonblocking(fd) == 0 && !(c = calloc(1, sizeof *c)))
-        s->accept_paused = 1; /* out of memory */
+    if (s->count < MAX_CLIENTS && set_nonblocking(fd) == 0)
+        c = calloc(1, sizeof *c);
     if (!c) {
         close(fd); /* refused: full, or out of memory */
         return;
@@ -507,7 +526,7 @@ static void add_client(struct server *s, int fd) {
 
 /* Accepts every client waiting. -1 if the listening socket itself fails. */
 static int accept_clients(struct server *s) {
-    while (accepting(s) && !s->accept_paused) {
+    while (!limit_reached(s) && !s->accept_paused) {
         /* Not NULL, NULL: wasi-libc's accept() stores an (AF_UNSPEC) address
          * through both pointers whatever they are. */
         struct sockaddr_storage address;
@@ -540,9 +559,9 @@ static void remove_closed(struct server *s) {
 
 static int serve(struct server *s, const char *name) {
     static struct pollfd fds[MAX_CLIENTS + 1];
-    while (accepting(s) || s->count > 0) {
+    while (!limit_reached(s) || s->count > 0) {
         int paused = s->accept_paused;
-        fds[0] = (struct pollfd){.fd = accepting(s) && !paused ? s->listen_fd : -1,
+        fds[0] = (struct pollfd){.fd = !limit_reached(s) && !paused ? s->listen_fd : -1,
                                  .events = POLLIN};
         for (size_t i = 0; i < s->count; i++) {
             const struct client *c = s->clients[i];

@@ -238,6 +238,8 @@ static int client_flush(struct client *c) {
             continue;
         if (n < 0 && would_block(errno))
             return 0;
+        if (n == 0)
+            errno = EPIPE; /* a socket that takes nothing is not coming back */
         if (n <= 0)
             return -1;
         c->head += (size_t)n;

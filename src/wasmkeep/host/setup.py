@@ -34,6 +34,7 @@ def prepare_host(
     args: tuple[str, ...] = (),
     export_fd_names: bool = True,
     limits: Limits = DEFAULT_LIMITS,
+    executor: Executor | None = None,
 ) -> tuple[Executor, KeepManifest]:
     """Open what the config grants; guest fd i is `files[i]`, then the directories.
 
@@ -42,9 +43,10 @@ def prepare_host(
     never loaded: that path is the cold-start benchmark. `export_fd_names` adds
     Enarx's FD_COUNT and FD_NAMES to the environment; it is off when there is
     no config file, so a plain `run` hands the guest exactly the environment it
-    was given (as wasmtime does).
+    was given (as wasmtime does). `executor` may be given to perform the
+    requests (tests tap one); by default a new one.
     """
-    executor = Executor(limits)
+    executor = executor if executor is not None else Executor(limits)
     fds: list[HandleInfo] = []
     try:
         for index, spec in enumerate(config.files if config else _DEFAULT_FILES):

@@ -18,6 +18,7 @@ import wasmtime
 from wasmkeep.alarm import raise_after
 from wasmkeep.errors import (
     KeepError,
+    WasmkeepError,
     WorkloadError,
     WorkloadTimedOut,
     WorkloadTrapped,
@@ -245,7 +246,7 @@ def _resolve(outcome: _Outcome, error: Exception, options: RunOptions) -> int:
             "and was stopped"
         )
     if outcome.failure is not None:
-        if isinstance(outcome.failure, KeepError):
+        if isinstance(outcome.failure, WasmkeepError):
             raise outcome.failure
         raise KeepError(f"keep runtime failure: {outcome.failure!r}") from outcome.failure
     if isinstance(error, wasmtime.Trap):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import encodings.idna  # noqa: F401 - ssl encodes server names with it, after lockdown
 import ipaddress
 import os
 import ssl
@@ -199,6 +200,8 @@ class TlsStream:
         reason = getattr(error, "reason", None) or str(error)
         self._host.log(_LOG_WARNING, f"TLS with {peer} failed {stage}: {reason}")
         self._failed = Errno.CONNABORTED if isinstance(error, ssl.SSLError) else error.errno
+        with contextlib.suppress(HostError):
+            self._flush(block=False)  # the alert that tells the peer why
 
     def _tls_established(self) -> bool:
         try:
@@ -214,7 +217,7 @@ class TlsStream:
                 data = self._tls.read(_RECEIVE)
             except ssl.SSLWantReadError:
                 try:
-                    self._flush(block=True)  # handshake messages must get out
+                    self._flush(block)  # handshake messages go out (a backlog waits for poll)
                     if not self._receive(block):
                         return bool(self._plain)
                 except HostError as error:
@@ -259,7 +262,7 @@ class TlsStream:
                 break
             except ssl.SSLWantReadError:
                 try:
-                    self._flush(block=True)
+                    self._flush(block)
                     if not self._receive(block):
                         raise HostError(Errno.AGAIN) from None
                 except HostError as error:
@@ -278,10 +281,41 @@ class TlsStream:
             self.close()
         self._host.shutdown(self._handle, how)
 
+    def backlog(self) -> int:
+        """Ciphertext the host has not taken yet (sent when the socket can take it)."""
+        return len(self._backlog) + self._outgoing.pending
+
+    def flush(self) -> None:
+        try:
+            self._flush(block=False)
+        except HostError as error:
+            self._fail(error)
+
     def ready(self) -> int:
+        if not self._plain and not (self._ended or self._failed):
+            self._decrypt_received()
         if self._plain:
             return len(self._plain)
         return -1 if (self._ended or self._failed) else 0
+
+    def _decrypt_received(self) -> None:
+        """Decrypt records that already arrived (one host receive may bring
+        several), asking the host for nothing."""
+        while self._incoming.pending or self._tls.pending():
+            try:
+                data = self._tls.read(_RECEIVE)
+            except ssl.SSLWantReadError:
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._ended = True
+                return
+            except ssl.SSLError as error:
+                self._fail(error)
+                return
+            if not data:
+                self._ended = True
+                return
+            self._plain += data
 
     def pump(self) -> bool:
         return self._advance(block=False)

@@ -188,6 +188,9 @@ class Preview1:
         """Flush output and release every handle the guest still holds."""
         self.flush_output()
         for _, entry in self.fds:
+            if entry.stream is not None:
+                with contextlib.suppress(HostError):
+                    entry.stream.close()
             if entry.kind is None:
                 with contextlib.suppress(HostError):
                     self.host.close(entry.handle)
@@ -763,16 +766,21 @@ class Preview1:
         waiting: list[tuple[int, int, Stream | None]],
         deadline: int | None,
     ) -> list[tuple[int, int, int, int, int]]:
-        """Ask the host until an fd is ready or the deadline passes. A socket the
-        host calls readable may still hold no whole TLS record: its stream takes
-        what arrived and says whether the guest would get data."""
+        """Ask the host until an fd is ready or the deadline passes.
+
+        A socket the host calls readable may still hold no whole TLS record:
+        its stream takes what arrived and says whether the guest would get
+        data. Streams with ciphertext still to send are watched for
+        writability too, whatever the guest waits for, and fed when they can.
+        """
         while True:
+            backlogged = self._flush_streams()
+            extra = [(handle, POLL_WRITE) for handle, _ in backlogged]
             now = time.monotonic_ns()
             timeout_ns = None if deadline is None else max(0, deadline - now)
+            results = self.host.poll([*interests, *extra], timeout_ns)
             events: list[tuple[int, int, int, int, int]] = []
-            for (userdata, tag, stream), result in zip(
-                waiting, self.host.poll(interests, timeout_ns), strict=True
-            ):
+            for (userdata, tag, stream), result in zip(waiting, results, strict=False):
                 if result is None:
                     continue
                 nbytes = result.nbytes
@@ -786,6 +794,17 @@ class Preview1:
                 events.append((userdata, result.errno, tag, nbytes, flags))
             if events or (deadline is not None and time.monotonic_ns() >= deadline):
                 return events
+
+    def _flush_streams(self) -> list[tuple[int, Stream]]:
+        """Send what socket streams hold back; those still holding some."""
+        held = []
+        for _, entry in self.fds:
+            stream = entry.stream
+            if stream is not None and stream.backlog():
+                stream.flush()
+                if stream.backlog():
+                    held.append((entry.handle, stream))
+        return held
 
     # -- sockets --------------------------------------------------------------
     def _stream(
@@ -892,8 +911,10 @@ def _boot_entry(info: HandleInfo) -> FdEntry:
         # isatty() in wasi-libc: a character device without seek or tell.
         base &= ~(Rights.FD_SEEK | Rights.FD_TELL)
     if info.kind is HandleKind.LISTEN:
-        # A listener accepts and is polled; it carries no bytes itself.
+        # A listener accepts and is polled (readable: a connection waits); it
+        # carries no bytes itself (fd_read on it is NOTCONN).
         base = Rights.SOCK_ACCEPT | Rights.POLL_FD_READWRITE | Rights.FD_FDSTAT_SET_FLAGS
+        base |= Rights.FD_READ
         base |= Rights.FD_FILESTAT_GET
     directory = info.kind is HandleKind.DIRECTORY
     return FdEntry(

@@ -11,6 +11,9 @@ ciphertext. Both look the same to the WASI functions:
   keep, or the end of the stream); `pump()` is called when the host reports
   the socket readable, to move what arrived along (a TLS record may need more
   bytes before it yields any plaintext).
+* `backlog()` and `flush()`: a non-blocking TLS send may leave ciphertext in
+  the keep when the socket is full; poll_oneoff sends it on as soon as the
+  host says the socket can take more, whatever the guest is waiting for.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ class Stream(Protocol):
         """Say goodbye to the peer if the protocol has a way to (best effort)."""
         ...
 
+    def backlog(self) -> int:
+        """Bytes accepted from the guest that the host has not taken yet."""
+        ...
+
+    def flush(self) -> None:
+        """Hand the host what it will take now of the backlog, without waiting."""
+        ...
+
 
 class PlainStream:
     """TCP: every byte the guest sends or receives crosses the host as it is."""
@@ -69,4 +80,10 @@ class PlainStream:
         return True
 
     def close(self) -> None:
+        pass
+
+    def backlog(self) -> int:
+        return 0
+
+    def flush(self) -> None:
         pass
