@@ -327,3 +327,27 @@ def test_a_socket_that_cannot_be_opened_is_a_config_error(
         )
     finally:
         blocker.close()
+
+
+@pytest.mark.parametrize("prot", ["tcp", "tls"])
+def test_the_last_bytes_reach_a_slow_reader_after_close(
+    workload: Build, tmp_path: Path, backend: str, prot: str
+) -> None:
+    total = 4 << 20
+    port = free_port()
+    config = listen_config(port, prot)
+    with serve(
+        workload("big_reply"), config, port, tmp_path, backend=backend, args=(str(total),)
+    ) as s:
+        if prot == "tls":
+            connection: socket.socket = tls_client(s.cert, port)
+        else:
+            connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with connection:
+            time.sleep(0.5)  # a slow reader: the keep closes before it reads
+            received = bytearray()
+            while chunk := connection.recv(1 << 20):
+                received += chunk
+        assert len(received) == total
+        assert received[:52] == b"abcdefghijklmnopqrstuvwxyz" * 2
+        assert s.process.wait(timeout=30) == 0

@@ -20,6 +20,7 @@ import encodings.idna  # noqa: F401 - ssl encodes server names with it, after lo
 import ipaddress
 import os
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from wasmkeep.sallyport.calls import HostCalls
+from wasmkeep.sallyport.calls import POLL_WRITE, HostCalls
 from wasmkeep.sallyport.types import Errno, HandleKind, HostError, KeepManifest
 
 __all__ = ["Identity", "KeepTls", "TlsStream", "prepare_tls"]
@@ -38,6 +39,8 @@ _RECEIVE = 64 * 1024
 #: Ciphertext the keep holds for a non-blocking sender before it says AGAIN.
 _BACKLOG_LIMIT = 1 << 20
 _LOG_WARNING = 2
+#: How long a closed TLS stream may wait for its peer to take the last bytes.
+_LINGER_SECONDS = 5.0
 _VALIDITY = datetime.timedelta(days=1)
 
 
@@ -321,9 +324,16 @@ class TlsStream:
         return self._advance(block=False)
 
     def close(self) -> None:
+        """close_notify, then what is still held back, lingering at most
+        _LINGER_SECONDS for a slow peer (as the kernel lingers for a socket)."""
         if self._failed or not self._tls_established():
             return
         with contextlib.suppress(ssl.SSLError):
             self._tls.unwrap()
+        deadline = time.monotonic() + _LINGER_SECONDS
         with contextlib.suppress(HostError):
             self._flush(block=False)
+            while self.backlog() and time.monotonic() < deadline:
+                remaining = int((deadline - time.monotonic()) * 1e9)
+                self._host.poll([(self._handle, POLL_WRITE)], max(0, remaining))
+                self._flush(block=False)
