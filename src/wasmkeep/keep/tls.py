@@ -38,7 +38,7 @@ __all__ = ["Identity", "KeepTls", "TlsStream", "prepare_tls"]
 _RECEIVE = 64 * 1024
 #: Ciphertext the keep holds for a non-blocking sender before it says AGAIN.
 _BACKLOG_LIMIT = 1 << 20
-_LOG_WARNING = 2
+_LOG_INFO, _LOG_WARNING = 1, 2
 #: How long a closed TLS stream may wait for its peer to take the last bytes.
 _LINGER_SECONDS = 5.0
 _VALIDITY = datetime.timedelta(days=1)
@@ -201,7 +201,10 @@ class TlsStream:
         stage = "during the handshake" if not self._tls_established() else "after the handshake"
         peer = "a client" if self._server_side else "the server"
         reason = getattr(error, "reason", None) or str(error)
-        self._host.log(_LOG_WARNING, f"TLS with {peer} failed {stage}: {reason}")
+        # A protocol failure is worth the operator's attention; a peer that
+        # hangs up (a host errno such as CONNRESET) is ordinary.
+        level = _LOG_WARNING if isinstance(error, ssl.SSLError) else _LOG_INFO
+        self._host.log(level, f"TLS with {peer} failed {stage}: {reason}")
         self._failed = Errno.CONNABORTED if isinstance(error, ssl.SSLError) else error.errno
         with contextlib.suppress(HostError):
             self._flush(block=False)  # the alert that tells the peer why
