@@ -141,9 +141,9 @@ def test_stdio_is_not_a_file(tmp_path: Path) -> None:
         stat = executor.fstat(stdin)
         assert (stat.ino, stat.dev, stat.filetype) == (0, 0, FileType.UNKNOWN)
         assert executor.write(stdout, b"ping") == 4
-        assert executor.poll([(stdin, POLL_READ)], 0)[0] is not None
+        assert executor.poll([(stdin, POLL_READ)], 0).ready[0] is not None
         assert executor.read(stdin, 10) == b"ping"
-        assert executor.poll([(stdin, POLL_READ)], 0) == [None]
+        assert executor.poll([(stdin, POLL_READ)], 0).ready == [None]
         executor.close_all()
         os.fstat(read_end)  # stdio belongs to the host: never closed by the executor
     finally:

@@ -46,6 +46,7 @@ from wasmkeep.sallyport.types import (
     HostError,
     KeepManifest,
     PollResult,
+    SendResult,
 )
 from wasmkeep.workload import Workload
 
@@ -104,7 +105,7 @@ CALLS: dict[str, tuple[Any, ...]] = {
     "link_at": (3, "a", 3, "b", False),
     "symlink_at": ("target", 3, "link"),
     "readlink_at": (3, "link"),
-    "poll": ([(1, 1), (2, 2)], 0),
+    "poll": ([(1, 1), (2, 2)], 0, 100, [(7, b"hello")]),
     "accept": (3, True),
     "recv": (1, 10, False, False, True),
     "send": (2, b"hello", True),
@@ -147,8 +148,20 @@ LIES = [
     ("open_at", (9, FileType.REGULAR_FILE), "a directory was required"),
     ("open_at", (9, FileType.SYMBOLIC_LINK), "symbolic link"),
     ("readlink_at", b"a\0b", "NUL"),
-    ("poll", [None], "1 results for 2 interests"),
-    ("poll", [PollResult(Errno.SUCCESS, 1 << 63, False), None], "does not fit"),
+    ("poll", ([None], [SendResult(5)]), "1 results for 2 interests"),
+    ("poll", ([PollResult(Errno.SUCCESS, 1 << 63, False), None], [SendResult(5)]), "does not fit"),
+    ("poll", ([None, None], []), "0 send results for 1 sends"),
+    ("poll", ([None, None], [SendResult(6)]), "6 bytes sent of 5"),
+    (
+        "poll",
+        ([PollResult(Errno.SUCCESS, 0, False, b"x" * 101), None], [SendResult(5)]),
+        "101 bytes received, 100 allowed",
+    ),
+    (
+        "poll",
+        ([None, PollResult(Errno.SUCCESS, 0, False, b"x")], [SendResult(5)]),
+        "data for an interest in writing",
+    ),
     ("accept", 7, "handle 7 is already in use"),
     ("recv", b"x" * 11, "11 bytes for a receive of 10"),
     ("send", 6, "6 bytes sent of 5"),
@@ -229,7 +242,10 @@ def _promises_kept(name: str, value: Any) -> None:
         assert handle not in KNOWN
         assert filetype == FileType.DIRECTORY
     elif name == "poll":
-        assert len(value) == 2
+        assert len(value.ready) == 2
+        assert len(value.sent) == 1
+        assert value.sent[0].written <= 5
+        assert sum(len(result.data) for result in value.ready if result) <= 100
     elif name == "readlink_at":
         assert b"\0" not in value
 
@@ -273,7 +289,16 @@ def _lies() -> st.SearchStrategy[tuple[str, Any]]:
         st.tuples(st.just("readdir"), entries),
         st.tuples(st.just("open_at"), st.tuples(st.integers(0, 12), types)),
         st.tuples(st.just("readlink_at"), st.binary(max_size=20)),
-        st.tuples(st.just("poll"), polls),
+        st.tuples(
+            st.just("poll"),
+            st.tuples(
+                polls,
+                st.lists(
+                    st.builds(SendResult, st.integers(0, 10), st.sampled_from(list(Errno))),
+                    max_size=2,
+                ),
+            ),
+        ),
         st.tuples(st.just("accept"), st.integers(0, 12)),
         st.tuples(st.just("recv"), st.binary(max_size=40)),
         st.tuples(st.just("send"), st.integers(0, 0xFFFFFFFF)),

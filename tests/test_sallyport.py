@@ -31,6 +31,7 @@ from wasmkeep.sallyport.types import (
     HandleKind,
     KeepManifest,
     PollResult,
+    SendResult,
 )
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "sallyport.md"
@@ -63,9 +64,20 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "readiness": st.lists(
         st.one_of(
             st.none(),
-            st.builds(PollResult, st.sampled_from(list(Errno)), u64, st.booleans()),
+            st.builds(
+                PollResult,
+                st.sampled_from(list(Errno)),
+                u64,
+                st.booleans(),
+                st.binary(max_size=20),
+                st.booleans(),
+            ),
         ),
         max_size=5,
+    ),
+    "sends": st.lists(st.tuples(u32, st.binary(max_size=20)), max_size=3),
+    "sent": st.lists(
+        st.builds(SendResult, u32, st.sampled_from(list(Errno)), st.booleans()), max_size=3
     ),
 }
 

@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from wasmkeep.host.setup import prepare_host
 from wasmkeep.keep import tls as keep_tls
 from wasmkeep.keep.runtime import run_workload
 from wasmkeep.sallyport.channel import Channel
-from wasmkeep.sallyport.types import KeepManifest
+from wasmkeep.sallyport.types import KeepManifest, PollReply
 from wasmkeep.workload import Workload
 
 Build = Callable[[str], Path]
@@ -49,6 +49,21 @@ class TappedExecutor(Executor):
     def send(self, handle: int, data: bytes | memoryview, block: bool) -> int:
         self.seen += bytes(data)
         return super().send(handle, data, block)
+
+    def poll(
+        self,
+        interests: Sequence[tuple[int, int]],
+        timeout_ns: int | None,
+        prefetch: int = 0,
+        sends: Sequence[tuple[int, bytes | memoryview]] = (),
+    ) -> PollReply:
+        for _, data in sends:
+            self.seen += bytes(data)
+        reply = super().poll(interests, timeout_ns, prefetch, sends)
+        for result in reply.ready:
+            if result is not None:
+                self.seen += result.data
+        return reply
 
 
 def _talk(port: int, cert: bytes) -> bytes:

@@ -39,7 +39,9 @@ from wasmkeep.sallyport.types import (
     FileType,
     HandleKind,
     HostError,
+    PollReply,
     PollResult,
+    SendResult,
 )
 
 __all__ = ["Executor", "KeepHungUp", "errno_of"]
@@ -611,8 +613,13 @@ class Executor:
     # -- waiting ----------------------------------------------------------------
     @_translated
     def poll(
-        self, interests: Sequence[tuple[int, int]], timeout_ns: int | None
-    ) -> list[PollResult | None]:
+        self,
+        interests: Sequence[tuple[int, int]],
+        timeout_ns: int | None,
+        prefetch: int = 0,
+        sends: Sequence[tuple[int, bytes | memoryview]] = (),
+    ) -> PollReply:
+        sent = [self._send_now(handle, data) for handle, data in sends]
         poller = select.poll()
         fds: list[int] = []
         for handle, interest in interests:
@@ -622,13 +629,27 @@ class Executor:
             )
             poller.register(resource.fd, events)
             fds.append(resource.fd)
+        # A socket that took only part of its data: wake when it takes more.
+        partial = {
+            self._resources[handle].fd: index
+            for index, (handle, data) in enumerate(sends)
+            if sent[index].errno == Errno.SUCCESS and sent[index].written < len(data)
+        }
+        for fd in partial:
+            poller.register(fd, select.POLLOUT)
         if self.keep_channel_fd is not None:
             poller.register(self.keep_channel_fd, select.POLLIN)
         timeout_ms = None if timeout_ns is None else -(-timeout_ns // 1_000_000)
+        if any(result.writable for result in sent):
+            timeout_ms = 0
         ready: dict[int, int] = dict(poller.poll(timeout_ms))
         if self.keep_channel_fd is not None and self.keep_channel_fd in ready:
             raise KeepHungUp
+        for fd, index in partial.items():
+            if ready.get(fd, 0) & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+                sent[index] = SendResult(sent[index].written, Errno.SUCCESS, writable=True)
         results: list[PollResult | None] = []
+        budget = min(prefetch, self.limits.max_io_chunk)
         for (handle, interest), fd in zip(interests, fds, strict=True):
             revents = ready.get(fd, 0)
             wanted = select.POLLIN if interest & POLL_READ else select.POLLOUT
@@ -636,9 +657,43 @@ class Executor:
                 results.append(None)
                 continue
             hangup = bool(revents & select.POLLHUP)
-            nbytes = self._available(self._resources[handle]) if interest & POLL_READ else 0
-            results.append(PollResult(Errno.SUCCESS, nbytes, hangup))
-        return results
+            resource = self._resources[handle]
+            if (
+                interest & POLL_READ
+                and budget
+                and resource.sock is not None
+                and (resource.kind is not HandleKind.LISTEN)
+            ):
+                result = self._prefetch(resource.sock, budget, hangup)
+                budget -= len(result.data)
+            else:
+                nbytes = self._available(resource) if interest & POLL_READ else 0
+                result = PollResult(Errno.SUCCESS, nbytes, hangup)
+            results.append(result)
+        return PollReply(results, sent)
+
+    def _send_now(self, handle: int, data: bytes | memoryview) -> SendResult:
+        """Send what the socket takes without waiting (poll's piggybacked sends)."""
+        try:
+            sock = self._socket(handle)
+            return SendResult(sock.send(data[: self.limits.max_io_chunk]))
+        except BlockingIOError:
+            return SendResult(0)
+        except HostError as error:
+            return SendResult(0, error.errno)
+        except OSError as error:
+            return SendResult(0, errno_of(error))
+
+    @staticmethod
+    def _prefetch(sock: socket.socket, budget: int, hangup: bool) -> PollResult:
+        """Receive on the keep's behalf what a readable socket holds (up to budget)."""
+        try:
+            data = sock.recv(budget)
+        except BlockingIOError:
+            return PollResult(Errno.SUCCESS, 0, hangup)
+        except OSError as error:
+            return PollResult(errno_of(error), 0, hangup)
+        return PollResult(Errno.SUCCESS, len(data), hangup, data, eof=not data)
 
     def _available(self, resource: _Resource) -> int:
         """Bytes a read could return now, as far as the host can tell (0 if unknown)."""

@@ -23,11 +23,18 @@ from typing import Any
 
 from wasmkeep.errors import HostProtocolViolation
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
-from wasmkeep.sallyport.calls import OFLAGS
+from wasmkeep.sallyport.calls import OFLAGS, POLL_READ
 from wasmkeep.sallyport.channel import Channel
 from wasmkeep.sallyport.codec import Kind, ProtocolError
 from wasmkeep.sallyport.messages import BY_NAME
-from wasmkeep.sallyport.types import DirEntry, Errno, FileStat, FileType, HostError, PollResult
+from wasmkeep.sallyport.types import (
+    DirEntry,
+    Errno,
+    FileStat,
+    FileType,
+    HostError,
+    PollReply,
+)
 
 __all__ = ["SallyportHost"]
 
@@ -252,14 +259,33 @@ class SallyportHost:
 
     # -- waiting ----------------------------------------------------------------
     def poll(
-        self, interests: Sequence[tuple[int, int]], timeout_ns: int | None
-    ) -> list[PollResult | None]:
+        self,
+        interests: Sequence[tuple[int, int]],
+        timeout_ns: int | None,
+        prefetch: int = 0,
+        sends: Sequence[tuple[int, bytes | memoryview]] = (),
+    ) -> PollReply:
         for handle, _ in interests:
             self._known(handle)
-        results: list[PollResult | None] = self._call("poll", list(interests), timeout_ns)
-        if len(results) != len(interests):
-            raise self._violation("poll", f"{len(results)} results for {len(interests)} interests")
-        for result in results:
-            if result is not None and result.nbytes > _MAX_OFFSET:
+        for handle, _ in sends:
+            self._known(handle)
+        ready, sent = self._call("poll", list(interests), timeout_ns, prefetch, list(sends))
+        if len(ready) != len(interests):
+            raise self._violation("poll", f"{len(ready)} results for {len(interests)} interests")
+        if len(sent) != len(sends):
+            raise self._violation("poll", f"{len(sent)} send results for {len(sends)} sends")
+        received = 0
+        for (_, interest), result in zip(interests, ready, strict=True):
+            if result is None:
+                continue
+            if result.nbytes > _MAX_OFFSET:
                 raise self._violation("poll", f"{result.nbytes} bytes available does not fit")
-        return results
+            if (result.data or result.eof) and not interest & POLL_READ:
+                raise self._violation("poll", "data for an interest in writing")
+            received += len(result.data)
+        if received > prefetch:
+            raise self._violation("poll", f"{received} bytes received, {prefetch} allowed")
+        for (_, data), result in zip(sends, sent, strict=True):
+            if result.written > len(data):
+                raise self._violation("poll", f"{result.written} bytes sent of {len(data)}")
+        return PollReply(ready, sent)

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from wasmkeep.keep.wasi.streams import LINGER_SECONDS, OUTBOX_LIMIT
 from wasmkeep.sallyport.calls import POLL_WRITE, HostCalls
 from wasmkeep.sallyport.types import Errno, HandleKind, HostError, KeepManifest
 
@@ -36,11 +37,8 @@ __all__ = ["Identity", "KeepTls", "TlsStream", "prepare_tls"]
 
 #: Ciphertext asked of the host at a time: a TLS record is at most ~16 KiB.
 _RECEIVE = 64 * 1024
-#: Ciphertext the keep holds for a non-blocking sender before it says AGAIN.
-_BACKLOG_LIMIT = 1 << 20
 _LOG_INFO, _LOG_WARNING = 1, 2
-#: How long a closed TLS stream may wait for its peer to take the last bytes.
-_LINGER_SECONDS = 5.0
+
 _VALIDITY = datetime.timedelta(days=1)
 
 
@@ -246,6 +244,10 @@ class TlsStream:
         want = size if waitall and block and not peek else 1
         if not self._advance(block, want):
             raise HostError(Errno.AGAIN)
+        if len(self._plain) < size:
+            # Records that already arrived go to the guest in this read too:
+            # fewer, larger reads mean fewer round trips on the way back.
+            self._decrypt_received()
         if self._plain:
             data = bytes(self._plain[:size])
             if not peek:
@@ -258,9 +260,9 @@ class TlsStream:
     def send(self, data: bytes | memoryview, *, block: bool) -> int:
         if self._failed:
             raise HostError(self._failed)
-        if not block and len(self._backlog) >= _BACKLOG_LIMIT:
+        if not block and len(self._backlog) >= OUTBOX_LIMIT:
             self._flush(block=False)
-            if len(self._backlog) >= _BACKLOG_LIMIT:
+            if len(self._backlog) >= OUTBOX_LIMIT:
                 raise HostError(Errno.AGAIN)
         while True:
             try:
@@ -279,7 +281,11 @@ class TlsStream:
             except ssl.SSLError as error:
                 self._fail(error)
                 raise HostError(self._failed or Errno.IO) from None
-        self._flush(block)
+        if block:
+            self._flush(block=True)
+        else:
+            # Goes out with the guest's next poll (or a flush before a wait).
+            self._backlog += self._outgoing.read()
         return written
 
     def shutdown(self, how: int) -> None:
@@ -287,9 +293,20 @@ class TlsStream:
             self.close()
         self._host.shutdown(self._handle, how)
 
-    def backlog(self) -> int:
-        """Ciphertext the host has not taken yet (sent when the socket can take it)."""
-        return len(self._backlog) + self._outgoing.pending
+    def outbox(self) -> bytes | memoryview:
+        self._backlog += self._outgoing.read()
+        return memoryview(self._backlog)
+
+    def sent(self, written: int, errno: Errno) -> None:
+        del self._backlog[:written]
+        if errno != Errno.SUCCESS:
+            self._fail(HostError(errno))
+
+    def feed(self, data: bytes, eof: bool) -> None:
+        if data:
+            self._incoming.write(data)
+        if eof:
+            self._incoming.write_eof()
 
     def flush(self) -> None:
         try:
@@ -304,10 +321,13 @@ class TlsStream:
             return len(self._plain)
         return -1 if (self._ended or self._failed) else 0
 
+    def _held(self) -> int:
+        return len(self._backlog) + self._outgoing.pending
+
     def _decrypt_received(self) -> None:
         """Decrypt records that already arrived (one host receive may bring
         several), asking the host for nothing."""
-        while self._incoming.pending or self._tls.pending():
+        while self._incoming.pending or self._tls.pending() or self._incoming.eof:
             try:
                 data = self._tls.read(_RECEIVE)
             except ssl.SSLWantReadError:
@@ -328,15 +348,15 @@ class TlsStream:
 
     def close(self) -> None:
         """close_notify, then what is still held back, lingering at most
-        _LINGER_SECONDS for a slow peer (as the kernel lingers for a socket)."""
+        LINGER_SECONDS for a slow peer (as the kernel lingers for a socket)."""
         if self._failed or not self._tls_established():
             return
         with contextlib.suppress(ssl.SSLError):
             self._tls.unwrap()
-        deadline = time.monotonic() + _LINGER_SECONDS
+        deadline = time.monotonic() + LINGER_SECONDS
         with contextlib.suppress(HostError):
             self._flush(block=False)
-            while self.backlog() and time.monotonic() < deadline:
+            while self._held() and time.monotonic() < deadline:
                 remaining = int((deadline - time.monotonic()) * 1e9)
                 self._host.poll([(self._handle, POLL_WRITE)], max(0, remaining))
                 self._flush(block=False)

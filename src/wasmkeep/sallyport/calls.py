@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from wasmkeep.sallyport.types import DirEntry, FileStat, FileType, PollResult
+from wasmkeep.sallyport.types import DirEntry, FileStat, FileType, PollReply
 
 __all__ = ["FDFLAGS", "OFLAGS", "POLL_READ", "POLL_WRITE", "HostCalls"]
 
@@ -192,8 +192,18 @@ class HostCalls(Protocol):
 
     # -- waiting -----------------------------------------------------------
     def poll(
-        self, interests: Sequence[tuple[int, int]], timeout_ns: int | None
-    ) -> list[PollResult | None]:
-        """Wait until a (handle, POLL_READ | POLL_WRITE) interest is ready or the
-        timeout (None: forever) passes. One result per interest, None if not ready."""
+        self,
+        interests: Sequence[tuple[int, int]],
+        timeout_ns: int | None,
+        prefetch: int = 0,
+        sends: Sequence[tuple[int, bytes | memoryview]] = (),
+    ) -> PollReply:
+        """Send `sends` (each as far as its socket takes it now), then wait until a
+        (handle, POLL_READ | POLL_WRITE) interest is ready or the timeout (None:
+        forever) passes, also waking when a partly sent socket can take more.
+        Readable sockets bring up to `prefetch` bytes in all with the reply.
+
+        Batching the sends a keep holds and the bytes it will read into the
+        poll it makes anyway is what keeps sallyport round trips to about one
+        per exchange for a poll-driven server."""
         ...

@@ -20,7 +20,15 @@ from typing import Any
 
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.codec import ProtocolError, Reader, Writer
-from wasmkeep.sallyport.types import TIME_NOW, DirEntry, Errno, FileStat, FileType, PollResult
+from wasmkeep.sallyport.types import (
+    TIME_NOW,
+    DirEntry,
+    Errno,
+    FileStat,
+    FileType,
+    PollResult,
+    SendResult,
+)
 
 __all__ = ["BY_NAME", "MESSAGES", "Message", "Op", "decode_errno", "message_table_markdown"]
 
@@ -248,28 +256,68 @@ class _Interests(FieldType):
 
 class _PollResults(FieldType):
     name = "readiness"
-    wire = "u32 count x (ready u8, errno u16, nbytes u64, hangup u8)"
+    wire = (
+        "u32 count x (ready u8, errno u16, nbytes u64, hangup u8, eof u8, data: u32 length + bytes)"
+    )
 
     def encode(self, writer: Writer, value: Sequence[PollResult | None]) -> None:
         writer.u32(len(value))
         for result in value:
             if result is None:
-                writer.u8(0).u16(0).u64(0).u8(0)
+                writer.u8(0).u16(0).u64(0).u8(0).u8(0).blob(b"")
             else:
-                writer.u8(1).u16(result.errno).u64(result.nbytes).u8(1 if result.hangup else 0)
+                writer.u8(1).u16(result.errno).u64(result.nbytes)
+                writer.u8(1 if result.hangup else 0).u8(1 if result.eof else 0).blob(result.data)
 
     def decode(self, reader: Reader, what: str, limits: Limits) -> list[PollResult | None]:
         count = reader.count(what, limits.max_poll_subscriptions)
         results: list[PollResult | None] = []
         for _ in range(count):
             ready, code = reader.bool(what), reader.u16(what)
-            nbytes, hangup = reader.u64(what), reader.bool(what)
+            nbytes, hangup, eof = reader.u64(what), reader.bool(what), reader.bool(what)
+            data = reader.blob(what, limits.max_io_chunk)
             if not ready:
+                if eof or data:
+                    raise ProtocolError(f"{what}: data for a handle that is not ready")
                 results.append(None)
                 continue
             if code not in _ERRNOS:
                 raise ProtocolError(f"{what}: {code} is not a WASI errno")
-            results.append(PollResult(Errno(code), nbytes, hangup))
+            results.append(PollResult(Errno(code), nbytes, hangup, data, eof))
+        return results
+
+
+class _Sends(FieldType):
+    name = "sends"
+    wire = "u32 count x (handle u32, data: u32 length + bytes)"
+
+    def encode(self, writer: Writer, value: Sequence[tuple[int, bytes | memoryview]]) -> None:
+        writer.u32(len(value))
+        for handle, data in value:
+            writer.u32(handle).blob(data)
+
+    def decode(self, reader: Reader, what: str, limits: Limits) -> list[tuple[int, bytes]]:
+        count = reader.count(what, limits.max_poll_subscriptions)
+        return [(reader.u32(what), reader.blob(what, limits.max_io_chunk)) for _ in range(count)]
+
+
+class _SendResults(FieldType):
+    name = "sent"
+    wire = "u32 count x (written u32, errno u16, writable u8)"
+
+    def encode(self, writer: Writer, value: Sequence[SendResult]) -> None:
+        writer.u32(len(value))
+        for result in value:
+            writer.u32(result.written).u16(result.errno).u8(1 if result.writable else 0)
+
+    def decode(self, reader: Reader, what: str, limits: Limits) -> list[SendResult]:
+        count = reader.count(what, limits.max_poll_subscriptions)
+        results = []
+        for _ in range(count):
+            written, code, writable = reader.u32(what), reader.u16(what), reader.bool(what)
+            if code not in _ERRNOS:
+                raise ProtocolError(f"{what}: {code} is not a WASI errno")
+            results.append(SendResult(written, Errno(code), writable))
         return results
 
 
@@ -283,6 +331,7 @@ FILESTAT, DIRENTS, INTERESTS, POLL_RESULTS = (
     _PollResults(),
 )
 TEXT, PEM = _Text(), _Pem()
+SENDS, SEND_RESULTS = _Sends(), _SendResults()
 
 Fields = tuple[tuple[str, FieldType], ...]
 
@@ -448,8 +497,13 @@ MESSAGES: tuple[Message, ...] = (
     Message(
         Op.POLL,
         "poll",
-        (("interests", INTERESTS), ("timeout_ns", TIMEOUT)),
-        (("readiness", POLL_RESULTS),),
+        (
+            ("interests", INTERESTS),
+            ("timeout_ns", TIMEOUT),
+            ("prefetch", U32),
+            ("sends", SENDS),
+        ),
+        (("readiness", POLL_RESULTS), ("sent", SEND_RESULTS)),
     ),
     Message(Op.ACCEPT, "accept", (_HANDLE, ("block", BOOL)), (("connection", U32),)),
     Message(

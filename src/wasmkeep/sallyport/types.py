@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "TIME_NOW",
@@ -159,11 +160,36 @@ class DirEntry:
 
 @dataclass(frozen=True, slots=True)
 class PollResult:
-    """Readiness of one handle: an errno, bytes available (0 if unknown), hang-up."""
+    """Readiness of one handle: an errno, bytes available (0 if unknown), hang-up.
+
+    For a readable socket, `data` holds bytes the host received on the keep's
+    behalf (poll's `prefetch`), and `eof` says the peer closed: the keep need
+    not ask for them in another round trip.
+    """
 
     errno: Errno
     nbytes: int
     hangup: bool
+    data: bytes = b""
+    eof: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What happened to data handed to poll to send: bytes the socket took,
+    an errno if it failed, and whether it can take more now (after a partial
+    send the host watches for that too)."""
+
+    written: int
+    errno: Errno = Errno.SUCCESS
+    writable: bool = False
+
+
+class PollReply(NamedTuple):
+    """poll's answer: one readiness per interest, one result per send."""
+
+    ready: list[PollResult | None]
+    sent: list[SendResult]
 
 
 class HandleKind(enum.Enum):

@@ -193,13 +193,23 @@ class WasiBase:
         wanted = min(sum(length for _, length in vectors), self.limits.max_io_chunk)
         if not wanted:
             return 0
+        block = not entry.fdflags & FDFLAGS.NONBLOCK
+        if block and not stream.ready():
+            self._before_waiting()
         data = stream.recv(
             wanted,
             peek=bool(flags & abi.RIFLAGS_RECV_PEEK),
             waitall=bool(flags & abi.RIFLAGS_RECV_WAITALL),
-            block=not entry.fdflags & FDFLAGS.NONBLOCK,
+            block=block,
         )
         return self._scatter(vectors, data)
+
+    def _before_waiting(self) -> None:
+        """Hand the host what streams hold to send before the guest waits:
+        a peer must not wait on bytes the keep holds while the keep waits on it."""
+        for _, entry in self.fds:
+            if entry.stream is not None and len(entry.stream.outbox()):
+                entry.stream.flush()
 
 
 def _boot_entry(info: HandleInfo) -> FdEntry:

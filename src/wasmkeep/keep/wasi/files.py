@@ -172,6 +172,7 @@ class FileFunctions(WasiBase):
         if not data:
             if self.output.pending:
                 self.output.flush()  # a prompt goes out before the guest waits for input
+            self._before_waiting()
             # stdin is read ahead (as the wasmtime CLI does): the host returns
             # what is there, up to a chunk, and the rest waits in the keep.
             ask = max(wanted, STREAM_CHUNK) if entry.kind is HandleKind.STDIN else wanted

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     pass
 from wasmkeep.keep.wasi.base import CLOCKS, SUCCESS, WasiBase
 
+#: What a poll lets readable sockets bring back with its reply, in all.
+PREFETCH = 256 * 1024
+
 __all__ = ["PollFunctions"]
 
 
@@ -109,40 +112,46 @@ class PollFunctions(WasiBase):
     ) -> list[tuple[int, int, int, int, int]]:
         """Ask the host until an fd is ready or the deadline passes.
 
-        A socket the host calls readable may still hold no whole TLS record:
-        its stream takes what arrived and says whether the guest would get
-        data. Streams with ciphertext still to send are watched for
-        writability too, whatever the guest waits for, and fed when they can.
+        Each request carries what the keep's streams hold to send, and the
+        reply brings what readable sockets received (streams.py): one round
+        trip per exchange. A readable socket may still hold no whole TLS
+        record; its stream takes what arrived and says whether the guest
+        would get data.
         """
+        prefetch = PREFETCH if any(stream for _, _, stream in waiting) else 0
         while True:
-            backlogged = self._flush_streams()
-            extra = [(handle, POLL_WRITE) for handle, _ in backlogged]
+            holding = [
+                (entry.handle, entry.stream)
+                for _, entry in self.fds
+                if entry.stream is not None and len(entry.stream.outbox())
+            ]
+            sends = [(handle, stream.outbox()) for handle, stream in holding]
             now = time.monotonic_ns()
             timeout_ns = None if deadline is None else max(0, deadline - now)
-            results = self.host.poll([*interests, *extra], timeout_ns)
+            ready, sent = self.host.poll(interests, timeout_ns, prefetch, sends)
+            del sends  # the views into the outboxes, before they shrink
+            more_to_send = False
+            for (_, stream), outcome in zip(holding, sent, strict=True):
+                stream.sent(outcome.written, outcome.errno)
+                more_to_send |= outcome.writable
             events: list[tuple[int, int, int, int, int]] = []
-            for (userdata, tag, stream), result in zip(waiting, results, strict=False):
+            for (userdata, tag, stream), result in zip(waiting, ready, strict=True):
                 if result is None:
                     continue
                 nbytes = result.nbytes
                 if stream is not None and result.errno == Errno.SUCCESS:
-                    if not stream.pump() and not result.hangup:
+                    fed = bool(result.data) or result.eof
+                    if fed:
+                        stream.feed(result.data, result.eof)
+                    available = stream.ready()
+                    if not available and not fed and stream.pump():
+                        available = stream.ready() or 1
+                    if not available and not result.hangup:
                         continue
-                    decrypted = stream.ready()
-                    if decrypted > 0:
-                        nbytes = decrypted
+                    nbytes = max(available, 0)
                 flags = abi.EVENT_FD_READWRITE_HANGUP if result.hangup else 0
                 events.append((userdata, result.errno, tag, nbytes, flags))
             if events or (deadline is not None and time.monotonic_ns() >= deadline):
                 return events
-
-    def _flush_streams(self) -> list[tuple[int, Stream]]:
-        """Send what socket streams hold back; those still holding some."""
-        held = []
-        for _, entry in self.fds:
-            stream = entry.stream
-            if stream is not None and stream.backlog():
-                stream.flush()
-                if stream.backlog():
-                    held.append((entry.handle, stream))
-        return held
+            if more_to_send:
+                continue

@@ -48,7 +48,10 @@ class SocketFunctions(WasiBase):
         if flags & ~FDFLAGS.NONBLOCK:
             return Errno.INVAL
         self.mem.check(fd_ptr, 4)
-        handle = self.host.accept(listener.handle, block=not listener.fdflags & FDFLAGS.NONBLOCK)
+        block = not listener.fdflags & FDFLAGS.NONBLOCK
+        if block:
+            self._before_waiting()
+        handle = self.host.accept(listener.handle, block=block)
         entry = FdEntry(
             handle=handle,
             kind=None,

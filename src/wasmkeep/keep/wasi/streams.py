@@ -11,18 +11,29 @@ ciphertext. Both look the same to the WASI functions:
   keep, or the end of the stream); `pump()` is called when the host reports
   the socket readable, to move what arrived along (a TLS record may need more
   bytes before it yields any plaintext).
-* `backlog()` and `flush()`: a non-blocking TLS send may leave ciphertext in
-  the keep when the socket is full; poll_oneoff sends it on as soon as the
-  host says the socket can take more, whatever the guest is waiting for.
+* A non-blocking send leaves its bytes in the stream's outbox (up to
+  OUTBOX_LIMIT); poll_oneoff hands every outbox to the host with its poll
+  request (`sends`), and the host hands back what readable sockets hold with
+  its reply (`prefetch`, given to `feed`). A poll-driven server thus costs
+  about one sallyport round trip per exchange. Before the keep waits for
+  anything else (a blocking read, accept, close) it flushes what waits, so
+  no peer waits on bytes held in the keep.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
-from wasmkeep.sallyport.calls import HostCalls
+from wasmkeep.sallyport.calls import POLL_WRITE, HostCalls
+from wasmkeep.sallyport.types import Errno, HostError
 
-__all__ = ["PlainStream", "Stream"]
+__all__ = ["LINGER_SECONDS", "OUTBOX_LIMIT", "PlainStream", "Stream"]
+
+
+#: Bytes a non-blocking socket may hold in the keep, waiting to go out with
+#: the guest's next poll (beyond it, the guest is told to wait: AGAIN).
+OUTBOX_LIMIT = 256 * 1024
 
 
 class Stream(Protocol):
@@ -44,46 +55,116 @@ class Stream(Protocol):
         """The host says readable: take what arrived; True if a read would not wait."""
         ...
 
+    def feed(self, data: bytes, eof: bool) -> None:
+        """Bytes the host received for this stream along with a poll."""
+        ...
+
+    def outbox(self) -> bytes | memoryview:
+        """Bytes accepted from the guest that the host has not taken yet."""
+        ...
+
+    def sent(self, written: int, errno: Errno) -> None:
+        """The host took `written` bytes of the outbox (or failed with `errno`)."""
+        ...
+
+    def flush(self) -> None:
+        """Hand the host what it will take now of the outbox, without waiting."""
+        ...
+
     def close(self) -> None:
         """Say goodbye to the peer if the protocol has a way to (best effort)."""
         ...
 
-    def backlog(self) -> int:
-        """Bytes accepted from the guest that the host has not taken yet."""
-        ...
-
-    def flush(self) -> None:
-        """Hand the host what it will take now of the backlog, without waiting."""
-        ...
-
 
 class PlainStream:
-    """TCP: every byte the guest sends or receives crosses the host as it is."""
+    """TCP: bytes cross the host as they are. A non-blocking send waits in the
+    keep for the guest's next poll (up to OUTBOX_LIMIT), and poll brings what
+    arrived: one round trip per exchange for a poll-driven server."""
 
     def __init__(self, host: HostCalls, handle: int) -> None:
         self._host = host
         self._handle = handle
+        self._inbox = bytearray()
+        self._eof = False
+        self._outbox = bytearray()
+        self._failed: Errno | None = None
 
     def recv(self, size: int, *, peek: bool, waitall: bool, block: bool) -> bytes | memoryview:
+        if self._inbox:
+            data = bytes(self._inbox[:size])
+            if not peek:
+                del self._inbox[:size]
+            if waitall and block and not peek and len(data) < size and not self._eof:
+                data += self._host.recv(self._handle, size - len(data), False, True, True)
+            return data
+        if self._eof:
+            return b""
+        if block:
+            self.flush()  # what the peer may be waiting for, before we wait for it
         return self._host.recv(self._handle, size, peek, waitall, block)
 
     def send(self, data: bytes | memoryview, *, block: bool) -> int:
+        if self._failed is not None:
+            raise HostError(self._failed)
+        if not block and len(self._outbox) + len(data) <= OUTBOX_LIMIT:
+            self._outbox += data
+            return len(data)
+        self.flush()
+        if self._outbox:
+            if not block:
+                raise HostError(Errno.AGAIN)
+            while self._outbox:  # order: what waits goes first
+                del self._outbox[: self._host.send(self._handle, memoryview(self._outbox), True)]
         return self._host.send(self._handle, data, block)
 
     def shutdown(self, how: int) -> None:
+        if how & 2:
+            self._drain()
         self._host.shutdown(self._handle, how)
 
     def ready(self) -> int:
-        return 0
+        if self._inbox:
+            return len(self._inbox)
+        return -1 if self._eof else 0
 
     def pump(self) -> bool:
         return True
 
-    def close(self) -> None:
-        pass
+    def feed(self, data: bytes, eof: bool) -> None:
+        self._inbox += data
+        self._eof = self._eof or eof
 
-    def backlog(self) -> int:
-        return 0
+    def outbox(self) -> bytes | memoryview:
+        return memoryview(self._outbox)
+
+    def sent(self, written: int, errno: Errno) -> None:
+        del self._outbox[:written]
+        if errno != Errno.SUCCESS:
+            self._failed = errno
+            self._outbox.clear()
 
     def flush(self) -> None:
-        pass
+        if self._outbox and self._failed is None:
+            try:
+                written = self._host.send(self._handle, memoryview(self._outbox), False)
+            except HostError as error:
+                if error.errno != Errno.AGAIN:
+                    self.sent(0, error.errno)
+                return
+            self.sent(written, Errno.SUCCESS)
+
+    def close(self) -> None:
+        self._drain()
+
+    def _drain(self) -> None:
+        """Send what waits, lingering a few seconds for a slow peer."""
+        linger_until = time.monotonic() + LINGER_SECONDS
+        while self._outbox and self._failed is None and time.monotonic() < linger_until:
+            self.flush()
+            if self._outbox:
+                remaining = int((linger_until - time.monotonic()) * 1e9)
+                self._host.poll([(self._handle, POLL_WRITE)], max(0, remaining))
+
+
+#: How long a closed stream may wait for its peer to take the last bytes.
+LINGER_SECONDS = 5.0
