@@ -18,7 +18,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,15 @@ class ScriptedChannel:
         self.answer = answer
         self.sent: list[Frame] = []
 
-    def send(self, kind: Kind, op: int, frame_id: int, payload: bytes | bytearray) -> None:
-        self.sent.append(Frame(kind, op, frame_id, bytes(payload)))
+    def send(
+        self,
+        kind: Kind,
+        op: int,
+        frame_id: int,
+        payload: bytes | bytearray | Sequence[bytes | bytearray | memoryview],
+    ) -> None:
+        whole = payload if isinstance(payload, bytes | bytearray) else b"".join(payload)
+        self.sent.append(Frame(kind, op, frame_id, bytes(whole)))
 
     def receive(self, max_payload: int | None = None) -> Frame:
         return self.answer(self.sent[-1])
@@ -433,10 +440,16 @@ def test_a_keep_runtime_never_accepts_a_corrupted_stream(
     sent = [0]
     original_send = host_channel.send
 
-    def corrupting_send(kind: Kind, op: int, frame_id: int, payload: bytes | bytearray) -> None:
+    def corrupting_send(
+        kind: Kind,
+        op: int,
+        frame_id: int,
+        payload: bytes | bytearray | Sequence[bytes | bytearray | memoryview],
+    ) -> None:
         sent[0] += 1
         if sent[0] == at:
-            frame = bytearray(encode_frame(kind, op, frame_id, payload))
+            whole = payload if isinstance(payload, bytes | bytearray) else b"".join(payload)
+            frame = bytearray(encode_frame(kind, op, frame_id, whole))
             frame[at % len(frame) : at % len(frame) + len(corruption)] = corruption
             os.write(host_channel.fd, frame)
             return

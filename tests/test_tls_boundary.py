@@ -27,6 +27,7 @@ from wasmkeep.host.setup import prepare_host
 from wasmkeep.keep import tls as keep_tls
 from wasmkeep.keep.runtime import run_workload
 from wasmkeep.sallyport.channel import Channel
+from wasmkeep.sallyport.codec import Kind
 from wasmkeep.sallyport.types import KeepManifest, PollReply
 from wasmkeep.workload import Workload
 
@@ -149,10 +150,15 @@ def test_process_keep_sallyport_carries_no_plaintext(
     original_send, original_receive = Channel.send, Channel.receive
 
     def send(
-        self: Channel, kind: object, op: int, frame_id: int, payload: bytes | bytearray
+        self: Channel,
+        kind: Kind,
+        op: int,
+        frame_id: int,
+        payload: bytes | bytearray | Sequence[bytes | bytearray | memoryview],
     ) -> None:
-        frames.extend(payload)
-        original_send(self, kind, op, frame_id, payload)  # type: ignore[arg-type]
+        whole = payload if isinstance(payload, bytes | bytearray) else b"".join(payload)
+        frames.extend(whole)
+        original_send(self, kind, op, frame_id, payload)
 
     def receive(self: Channel, max_payload: int | None = None) -> object:
         frame = original_receive(self, max_payload)

@@ -58,8 +58,9 @@ def serve(channel: Channel, executor: Executor) -> Exit:
             arguments = message.decode_request(frame.payload, executor.limits)
         except ProtocolError as error:
             raise KeepBrokeProtocol(str(error)) from None
+        reply: bytes | list[bytes | bytearray | memoryview]
         try:
-            reply = message.encode_reply(getattr(executor, message.name)(**arguments))
+            reply = message.reply_writer(getattr(executor, message.name)(**arguments)).parts()
         except HostError as error:
             reply = error_reply(error.errno)
         except KeepHungUp:

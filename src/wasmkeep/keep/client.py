@@ -56,7 +56,7 @@ class SallyportHost:
 
     def _call(self, name: str, *values: Any) -> Any:
         message = BY_NAME[name]
-        payload = message.encode_request(values)
+        payload = message.request_writer(values).parts()
         with self._lock:
             frame_id = self._next_id
             self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1

@@ -302,7 +302,7 @@ class TlsStream:
         if errno != Errno.SUCCESS:
             self._fail(HostError(errno))
 
-    def feed(self, data: bytes, eof: bool) -> None:
+    def feed(self, data: bytes | memoryview, eof: bool) -> None:
         if data:
             self._incoming.write(data)
         if eof:

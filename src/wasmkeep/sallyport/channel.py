@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.codec import (
@@ -18,6 +19,9 @@ from wasmkeep.sallyport.codec import (
 )
 
 __all__ = ["Channel", "ChannelClosed", "frame_payload_limit"]
+
+
+_IOV_MAX = 1024
 
 
 class ChannelClosed(ProtocolError):
@@ -39,12 +43,22 @@ class Channel:
         self.fd = fd
         self.max_payload = max_payload
 
-    def send(self, kind: Kind, op: int, frame_id: int, payload: bytes | bytearray) -> None:
-        # Header and payload in one system call, without joining them first.
-        parts = [memoryview(encode_header(kind, op, frame_id, len(payload))), memoryview(payload)]
+    def send(
+        self,
+        kind: Kind,
+        op: int,
+        frame_id: int,
+        payload: bytes | bytearray | Sequence[bytes | bytearray | memoryview],
+    ) -> None:
+        """One frame; `payload` may be a list of buffers (Writer.parts)."""
+        chunks = [payload] if isinstance(payload, bytes | bytearray) else list(payload)
+        length = sum(len(chunk) for chunk in chunks)
+        # Header and payload in few system calls, without joining them first.
+        parts = [memoryview(encode_header(kind, op, frame_id, length))]
+        parts += (memoryview(chunk) for chunk in chunks if len(chunk))
         while parts:
             try:
-                written = os.writev(self.fd, parts)
+                written = os.writev(self.fd, parts[:_IOV_MAX])
             except (BrokenPipeError, ConnectionResetError):
                 raise ChannelClosed("the other side closed the channel") from None
             while parts and written >= len(parts[0]):

@@ -98,43 +98,60 @@ def decode_header(header: bytes, max_payload: int) -> tuple[Kind, int, int, int]
 
 
 class Writer:
-    """Builds a payload field by field."""
+    """Builds a payload field by field.
 
-    __slots__ = ("_parts",)
+    Large byte strings are kept by reference, not copied, and go out with one
+    vectored write (`parts`); small fields are packed together.
+    """
+
+    __slots__ = ("_parts", "_small")
+
+    #: Byte strings at least this long are not copied into the payload.
+    BY_REFERENCE = 4096
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray | memoryview] = []
+        self._small = bytearray()
 
     def u8(self, value: int) -> Writer:
-        self._parts.append(_U8.pack(value))
+        self._small += _U8.pack(value)
         return self
 
     def u16(self, value: int) -> Writer:
-        self._parts.append(_U16.pack(value))
+        self._small += _U16.pack(value)
         return self
 
     def u32(self, value: int) -> Writer:
-        self._parts.append(_U32.pack(value))
+        self._small += _U32.pack(value)
         return self
 
     def u64(self, value: int) -> Writer:
-        self._parts.append(_U64.pack(value))
+        self._small += _U64.pack(value)
         return self
 
     def i64(self, value: int) -> Writer:
-        self._parts.append(_I64.pack(value))
+        self._small += _I64.pack(value)
         return self
 
     def blob(self, value: bytes | bytearray | memoryview) -> Writer:
-        self._parts.append(_U32.pack(len(value)))
-        self._parts.append(bytes(value))
+        self._small += _U32.pack(len(value))
+        if len(value) < self.BY_REFERENCE:
+            self._small += value
+        else:
+            self._parts += (self._small, value)
+            self._small = bytearray()
         return self
 
     def text(self, value: str) -> Writer:
         return self.blob(value.encode("utf-8"))
 
+    def parts(self) -> list[bytes | bytearray | memoryview]:
+        """The payload as buffers to write in order (valid while the caller's
+        buffers are unchanged)."""
+        return [*self._parts, self._small]
+
     def payload(self) -> bytes:
-        return b"".join(self._parts)
+        return b"".join(self.parts())
 
 
 class Reader:
@@ -174,6 +191,20 @@ class Reader:
         if value > 1:
             raise ProtocolError(f"{what}: {value} is not a boolean")
         return value == 1
+
+    def view(self, what: str = "bytes", limit: int | None = None) -> memoryview:
+        """Like `blob`, without a copy: a view of the payload (which is immutable)."""
+        length = self.u32(f"the length of {what}")
+        if limit is not None and length > limit:
+            raise ProtocolError(f"{what}: {length} bytes, more than the limit of {limit}")
+        end = self._offset + length
+        if end > len(self._data):
+            raise ProtocolError(
+                f"{what}: {length} bytes announced, {len(self._data) - self._offset} left"
+            )
+        value = memoryview(self._data)[self._offset : end]
+        self._offset = end
+        return value
 
     def blob(self, what: str = "bytes", limit: int | None = None) -> bytes:
         length = self.u32(f"the length of {what}")

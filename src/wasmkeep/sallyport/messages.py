@@ -89,8 +89,8 @@ class _Data(FieldType):
     def encode(self, writer: Writer, value: bytes | memoryview) -> None:
         writer.blob(value)
 
-    def decode(self, reader: Reader, what: str, limits: Limits) -> bytes:
-        return reader.blob(what, limits.max_io_chunk)
+    def decode(self, reader: Reader, what: str, limits: Limits) -> memoryview:
+        return reader.view(what, limits.max_io_chunk)
 
 
 class _Path(FieldType):
@@ -275,7 +275,7 @@ class _PollResults(FieldType):
         for _ in range(count):
             ready, code = reader.bool(what), reader.u16(what)
             nbytes, hangup, eof = reader.u64(what), reader.bool(what), reader.bool(what)
-            data = reader.blob(what, limits.max_io_chunk)
+            data = reader.view(what, limits.max_io_chunk)
             if not ready:
                 if eof or data:
                     raise ProtocolError(f"{what}: data for a handle that is not ready")
@@ -296,9 +296,9 @@ class _Sends(FieldType):
         for handle, data in value:
             writer.u32(handle).blob(data)
 
-    def decode(self, reader: Reader, what: str, limits: Limits) -> list[tuple[int, bytes]]:
+    def decode(self, reader: Reader, what: str, limits: Limits) -> list[tuple[int, memoryview]]:
         count = reader.count(what, limits.max_poll_subscriptions)
-        return [(reader.u32(what), reader.blob(what, limits.max_io_chunk)) for _ in range(count)]
+        return [(reader.u32(what), reader.view(what, limits.max_io_chunk)) for _ in range(count)]
 
 
 class _SendResults(FieldType):
@@ -377,10 +377,14 @@ class Message:
     reply: Fields
 
     def encode_request(self, values: Sequence[Any]) -> bytes:
+        return self.request_writer(values).payload()
+
+    def request_writer(self, values: Sequence[Any]) -> Writer:
+        """The request, as a Writer whose parts go out without a joining copy."""
         writer = Writer()
         for (_, field_type), value in zip(self.request, values, strict=True):
             field_type.encode(writer, value)
-        return writer.payload()
+        return writer
 
     def decode_request(self, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         reader = Reader(payload)
@@ -392,12 +396,15 @@ class Message:
         return values
 
     def encode_reply(self, result: Any) -> bytes:
+        return self.reply_writer(result).payload()
+
+    def reply_writer(self, result: Any) -> Writer:
         """A success reply; `result` is what the HostCalls method returned."""
         writer = Writer().u16(0)
         values = result if len(self.reply) > 1 else (result,) if self.reply else ()
         for (_, field_type), value in zip(self.reply, values, strict=True):
             field_type.encode(writer, value)
-        return writer.payload()
+        return writer
 
     def decode_reply(self, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
         """The reply's value, as the HostCalls method returns it; an errno reply

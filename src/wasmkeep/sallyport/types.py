@@ -170,7 +170,7 @@ class PollResult:
     errno: Errno
     nbytes: int
     hangup: bool
-    data: bytes = b""
+    data: bytes | memoryview = b""
     eof: bool = False
 
 

@@ -55,7 +55,7 @@ class Stream(Protocol):
         """The host says readable: take what arrived; True if a read would not wait."""
         ...
 
-    def feed(self, data: bytes, eof: bool) -> None:
+    def feed(self, data: bytes | memoryview, eof: bool) -> None:
         """Bytes the host received for this stream along with a poll."""
         ...
 
@@ -130,7 +130,7 @@ class PlainStream:
     def pump(self) -> bool:
         return True
 
-    def feed(self, data: bytes, eof: bool) -> None:
+    def feed(self, data: bytes | memoryview, eof: bool) -> None:
         self._inbox += data
         self._eof = self._eof or eof
 
