@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 from wasmkeep.keep.wasi.base import CLOCKS, SUCCESS, WasiBase
 
 #: What a poll lets readable sockets bring back with its reply, in all.
-PREFETCH = 256 * 1024
+PREFETCH = 1024 * 1024
 
 __all__ = ["PollFunctions"]
 
