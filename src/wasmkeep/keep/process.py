@@ -39,7 +39,6 @@ from wasmkeep.keep import lockdown
 from wasmkeep.keep.client import SallyportHost
 from wasmkeep.keep.engine import EngineSettings
 from wasmkeep.keep.runtime import PreparedRun, RunOptions
-from wasmkeep.keep.tls import prepare_tls
 from wasmkeep.sallyport.boot import Boot, Exit, Outcome, boot_payload_limit
 from wasmkeep.sallyport.channel import Channel, frame_payload_limit
 from wasmkeep.sallyport.codec import Kind, ProtocolError
@@ -101,7 +100,12 @@ def _keep(channel: Channel) -> Exit:
         raise HostProtocolViolation(f"BOOT: {error}") from None
     # TLS needs files (the default trust store; ssl loads keys from files):
     # everything TLS is made now, while the keep still has a file system.
-    tls = prepare_tls(boot.manifest)
+    # (Imported only when used: ssl and cryptography cost start-up time.)
+    tls = None
+    if any(info.tls is not None for info in boot.manifest.fds):
+        from wasmkeep.keep.tls import prepare_tls
+
+        tls = prepare_tls(boot.manifest)
     _silence_stdio()
     lockdown.empty_root()
 
