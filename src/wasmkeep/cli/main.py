@@ -18,6 +18,7 @@ _COMMANDS = {
     "run": ("wasmkeep.cli.run_cmd", "run"),
     "platform": ("wasmkeep.cli.platform_cmd", "platform"),
     "config": ("wasmkeep.cli.config_cmd", "config"),
+    "attest": ("wasmkeep.cli.attest_cmd", "attest"),
 }
 
 
