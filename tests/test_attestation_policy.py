@@ -872,3 +872,12 @@ def test_real_sgx_verdict_is_a_debug_enclave() -> None:
         assert checks[name].passed, checks[name]
     assert not checks["policy_tcb_status"].passed  # no collateral: no TCB status
     assert not policy_checks(evaluate("[sgx]", verdict))["policy_debug"].passed
+
+
+def test_the_policy_knows_every_status_the_dcap_verifier_ends_in() -> None:
+    """The policy's list is the verifier's TCB Info statuses, without Revoked
+    (never acceptable), plus TDX 1.5's relaunch refinements."""
+    from wasmkeep.attestation import dcap, policy
+
+    relaunch = {"TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded"}
+    assert set(policy.TCB_STATUSES) == (dcap.TCB_STATUSES - {"Revoked"}) | relaunch

@@ -48,14 +48,12 @@ This module is on the path of every ``wasmkeep run``: it imports no CLI code.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
 import posixpath
 import re
 import stat
-import tomllib
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -84,6 +82,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from wasmkeep.errors import ConfigError
 from wasmkeep.limits import DEFAULT_LIMITS
+from wasmkeep.printable import quote, shown
+from wasmkeep.tomlfile import describe, format_loc, parse_toml, problems_error, read_toml_text
 
 __all__ = [
     "EXAMPLE_CONFIG",
@@ -105,8 +105,6 @@ __all__ = [
 ]
 
 _LIMITS = DEFAULT_LIMITS
-#: At most this many problems are listed in one error; the rest are counted.
-_MAX_PROBLEMS = 20
 
 
 # -- checks shared by the models ------------------------------------------------------
@@ -338,23 +336,23 @@ def _read_ca_bundle(value: object, info: ValidationInfo) -> CaBundle:
         path = Path(_base_dir(info), value).resolve()
     except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (3.11)
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise _problem(f"cannot use {_quote(value, limit=4096)}: {reason}") from None
-    shown = _show_path(path)
+        raise _problem(f"cannot use {quote(value, limit=4096)}: {reason}") from None
+    display = shown(path)
     limit = _LIMITS.max_ca_bundle_size
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (fstat then refuses
         # it). Checking the open fd, not the path, leaves no gap for a swap.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
-        raise _problem(f"no such file: {shown}") from None
+        raise _problem(f"no such file: {display}") from None
     except OSError as error:
-        raise _problem(f"cannot read {shown}: {error.strerror or error}") from None
+        raise _problem(f"cannot read {display}: {error.strerror or error}") from None
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            raise _problem(f"not a regular file: {shown}")
+            raise _problem(f"not a regular file: {display}")
         if status.st_size > limit:
-            raise _problem(f"{shown} is larger than the limit of {limit} bytes")
+            raise _problem(f"{display} is larger than the limit of {limit} bytes")
         pem = bytearray()
         # One byte more than the limit: a file that grew since fstat still fails.
         while len(pem) <= limit:
@@ -363,12 +361,12 @@ def _read_ca_bundle(value: object, info: ValidationInfo) -> CaBundle:
                 break
             pem += chunk
     except OSError as error:
-        raise _problem(f"cannot read {shown}: {error.strerror or error}") from None
+        raise _problem(f"cannot read {display}: {error.strerror or error}") from None
     finally:
         os.close(fd)
     problem = _ca_pem_problem(bytes(pem))
     if problem is not None:
-        raise _problem(f"{problem}: {shown}")
+        raise _problem(f"{problem}: {display}")
     return CaBundle(path=path, pem=bytes(pem))
 
 
@@ -578,11 +576,11 @@ class DirSpec(_Model, frozen=True):
             exists = is_dir or resolved.exists()
         except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (3.11)
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise _problem(f"cannot use {_quote(value, limit=4096)}: {reason}") from None
+            raise _problem(f"cannot use {quote(value, limit=4096)}: {reason}") from None
         if not exists:
-            raise _problem(f"no such directory: {_show_path(resolved)}")
+            raise _problem(f"no such directory: {shown(resolved)}")
         if not is_dir:
-            raise _problem(f"not a directory: {_show_path(resolved)}")
+            raise _problem(f"not a directory: {shown(resolved)}")
         return resolved
 
 
@@ -629,7 +627,7 @@ class Config(_Model, frozen=True):
             other = first_with_name.setdefault(file.name, index)
             if other != index:
                 raise _problem(
-                    f"{_quote(file.name)} is already the name of files[{other}]; names "
+                    f"{quote(file.name)} is already the name of files[{other}]; names "
                     "must be unique (they become FD_NAMES), so set a distinct `name`",
                     at=("files", index, "name"),
                 )
@@ -639,7 +637,7 @@ class Config(_Model, frozen=True):
             other = first_with_guest.setdefault(_guest_key(spec.guest), index)
             if other != index:
                 raise _problem(
-                    f"{_quote(spec.guest)} is already the guest path of dirs[{other}]",
+                    f"{quote(spec.guest)} is already the guest path of dirs[{other}]",
                     at=("dirs", index, "guest"),
                 )
         # 3. argv and environ fit the limit, counted as the guest sees them
@@ -692,7 +690,7 @@ class Config(_Model, frozen=True):
             key, equals, value = item.partition("=")
             if not equals or not key:
                 raise ConfigError(
-                    f"--env {_quote(item, limit=4096)}: expected KEY=VALUE with a non-empty KEY"
+                    f"--env {quote(item, limit=4096)}: expected KEY=VALUE with a non-empty KEY"
                 )
             new_env[key] = value
 
@@ -700,7 +698,7 @@ class Config(_Model, frozen=True):
         guests = {_guest_key(spec.guest) for spec in new_dirs}
         for flag, items, readonly in (("--dir", dirs, False), ("--dir-ro", readonly_dirs, True)):
             for item in items:
-                source = f"{flag} {_quote(item, limit=4096)}"
+                source = f"{flag} {quote(item, limit=4096)}"
                 host, separator, guest = item.partition("::")
                 data: dict[str, object] = {"host": host, "readonly": readonly}
                 if separator:
@@ -708,7 +706,7 @@ class Config(_Model, frozen=True):
                 spec = _validate(DirSpec, data, source=source, base_dir=None, within=("dirs", 0))
                 if _guest_key(spec.guest) in guests:
                     raise ConfigError(
-                        f"{source}: guest path {_quote(spec.guest)} is already preopened",
+                        f"{source}: guest path {quote(spec.guest)} is already preopened",
                         hint="give each directory its own guest path with HOST::GUEST",
                     )
                 guests.add(_guest_key(spec.guest))
@@ -735,40 +733,14 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     `source` names the text in error messages; relative `dirs` hosts are taken
     from `base_dir` (default: the current directory).
     """
-    if (
-        len(text) > _LIMITS.max_config_size
-        or len(text.encode("utf-8", "surrogatepass")) > _LIMITS.max_config_size
-    ):
-        raise ConfigError(f"{source}: larger than the limit of {_LIMITS.max_config_size} bytes")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: {_toml_error_text(error)}") from None
-    except ValueError as error:  # an integer too long to convert (int_max_str_digits)
-        raise ConfigError(f"{source}: invalid TOML: {error}") from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise ConfigError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
+    data = parse_toml(text, limit=_LIMITS.max_config_size, error=ConfigError, source=source)
     return _validate(Config, data, source=source, base_dir=base_dir)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, parse and check an Enarx.toml; relative `dirs` are taken from its directory."""
     source = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(_LIMITS.max_config_size + 1)
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read: {error.strerror or error}") from None
-    if len(raw) > _LIMITS.max_config_size:
-        raise ConfigError(f"{source}: larger than the limit of {_LIMITS.max_config_size} bytes")
-    try:
-        # utf-8-sig: a byte-order mark, as some editors write, is dropped.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{source}: not valid UTF-8 at byte offset {error.start} ({error.reason})",
-            hint="TOML files must be UTF-8",
-        ) from None
+    text = read_toml_text(path, limit=_LIMITS.max_config_size, error=ConfigError, source=source)
     base_dir = Path(os.path.abspath(source)).parent
     return parse_config(text, source=source, base_dir=base_dir)
 
@@ -802,10 +774,7 @@ def _config_error(
 ) -> ConfigError:
     """One ConfigError listing every problem, one per line: `source: key.path: what`."""
     problems = [_problem_text(details, within) for details in error.errors(include_url=False)]
-    lines = [f"{source}: {problem}" for problem in problems[:_MAX_PROBLEMS]]
-    if len(problems) > _MAX_PROBLEMS:
-        lines.append(f"{source}: ... and {len(problems) - _MAX_PROBLEMS} more problems")
-    return ConfigError("\n".join(lines))
+    return problems_error(source, problems, ConfigError)
 
 
 def _problem_text(details: ErrorDetails, within: tuple[str | int, ...] = ()) -> str:
@@ -820,14 +789,14 @@ def _problem_text(details: ErrorDetails, within: tuple[str | int, ...] = ()) -> 
     if error_type in ("union_tag_invalid", "union_tag_not_found") and isinstance(given, dict):
         loc.append("kind")
     full_loc = tuple(loc)
-    path = _format_loc(full_loc[len(within) :])
+    path = format_loc(full_loc[len(within) :])
     prefix = f"{path}: " if path else ""
 
     if error_type == "problem":
         return prefix + str(context["detail"])
     expected = _expected_text(full_loc)
     if error_type in {"missing", "union_tag_not_found"} and isinstance(given, dict):
-        required = f" for kind {_quote(kind)}" if kind else ""
+        required = f" for kind {quote(kind)}" if kind else ""
         return f"{prefix}required{required}, expected {expected}"
     if error_type == "extra_forbidden":
         return prefix + _unknown_key_text(full_loc, kind)
@@ -835,7 +804,7 @@ def _problem_text(details: ErrorDetails, within: tuple[str | int, ...] = ()) -> 
         given = given.get("kind")
     if expected is None:
         return prefix + details["msg"]
-    return f"{prefix}expected {expected}, got {_describe(given)}"
+    return f"{prefix}expected {expected}, got {describe(given)}"
 
 
 _KIND_LIST = ", ".join(json.dumps(kind) for kind in _KINDS)
@@ -890,93 +859,13 @@ def _unknown_key_text(loc: tuple[str | int, ...], kind: str | None) -> str:
         case ("files", int(), str() as key) if kind is not None:
             model = _FILE_MODELS[_KINDS.index(kind)]
             if any(key in keys_of(other) for other in _FILE_MODELS):
-                return f"not allowed for kind {_quote(kind)} (allowed: {', '.join(keys_of(model))})"
-            return f"unknown key (kind {_quote(kind)} allows: {', '.join(keys_of(model))})"
+                return f"not allowed for kind {quote(kind)} (allowed: {', '.join(keys_of(model))})"
+            return f"unknown key (kind {quote(kind)} allows: {', '.join(keys_of(model))})"
         case ("dirs", int(), str()):
             return f"unknown key (allowed: {', '.join(keys_of(DirSpec))})"
         case (str(),):
             return f"unknown key (allowed: {', '.join(keys_of(Config))})"
     return "unknown key"
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _format_loc(loc: Sequence[str | int]) -> str:
-    """A key path as TOML would write it: files[3].port, env."A.B"."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part == "[key]":  # pydantic's marker for "the key itself", not its value
-            continue
-        else:
-            key = part if _BARE_KEY.fullmatch(part) and len(part) <= 60 else _quote(part)
-            text += f".{key}" if text else key
-    return text
-
-
-def _quote(text: str, limit: int = 60) -> str:
-    """`text` in double quotes, cut to `limit`, safe to print on a terminal.
-
-    Config text is untrusted: a line break would forge a line of the message, an
-    escape sequence would drive the terminal. Both are shown escaped.
-    """
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    quoted = json.dumps(text, ensure_ascii=False)
-    return "".join(char if char.isprintable() else _escape(char) for char in quoted)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def _show_path(path: Path | str) -> str:
-    """A path as is when it prints safely, else quoted and escaped."""
-    text = str(path)
-    return text if text.isprintable() else _quote(text, limit=4096)
-
-
-def _describe(value: object) -> str:
-    """A value as the user wrote it in TOML, short enough for one line."""
-    match value:
-        case bool():
-            return "true" if value else "false"
-        case int():
-            # str() of a huge int raises ValueError (int_max_str_digits).
-            return str(value) if value.bit_length() <= 64 else "a very large integer"
-        case float():
-            return repr(value)
-        case str():
-            return _quote(value)
-        case dict():
-            return "a table"
-        case list() | tuple():
-            return "an array"
-        case datetime.datetime():
-            return "a date-time"
-        case datetime.date():
-            return "a date"
-        case datetime.time():
-            return "a time"
-        case None:
-            return "nothing"
-    return f"a {type(value).__name__}"
-
-
-def _toml_error_text(error: tomllib.TOMLDecodeError) -> str:
-    # tomllib (3.11) puts the position at the end of the message only.
-    message = str(error)
-    found = re.fullmatch(r"(?s)(.*) \(at line (\d+), column (\d+)\)", message)
-    if found:
-        reason, line, column = found.groups()
-        return f"line {line}, column {column}: invalid TOML: {reason}"
-    found = re.fullmatch(r"(?s)(.*) \(at end of document\)", message)
-    if found:
-        return f"end of file: invalid TOML: {found.group(1)}"
-    return f"invalid TOML: {message}"
 
 
 # -- the example --------------------------------------------------------------------------

@@ -68,11 +68,9 @@ verifier bound through report_data
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeAlias
@@ -94,6 +92,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from wasmkeep.attestation.errors import PolicyError
 from wasmkeep.attestation.limits import DEFAULT_ATTESTATION_LIMITS
 from wasmkeep.attestation.verdict import Check, Claims, Tee, Verdict
+from wasmkeep.printable import shown
+from wasmkeep.tomlfile import describe, format_loc, parse_toml, problems_error, read_toml_text
 
 __all__ = [
     "TCB_STATUSES",
@@ -111,7 +111,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 _LIMITS = DEFAULT_ATTESTATION_LIMITS
-_MAX_PROBLEMS = 20
 
 #: The TCB statuses a DCAP verification can end in that a policy may accept
 #: ("Revoked" never). The TDRelaunchAdvised ones are TDX 1.5's: the platform is
@@ -145,10 +144,10 @@ def _hex(size: int) -> Callable[[object], bytes]:
         elif isinstance(value, str):
             text = value
         else:
-            raise _problem(f"expected {2 * size} hex digits, got {_describe(value)}")
+            raise _problem(f"expected {2 * size} hex digits, got {describe(value)}")
         if len(text) != 2 * size or not re.fullmatch(r"[0-9a-fA-F]*", text):
             raise _problem(
-                f"expected {2 * size} hex digits ({size} bytes), got {_describe(value)}"
+                f"expected {2 * size} hex digits ({size} bytes), got {describe(value)}"
                 + (f" ({len(text)} characters)" if len(text) != 2 * size else "")
             )
         return bytes.fromhex(text)
@@ -169,13 +168,13 @@ _Hex48: TypeAlias = Annotated[
 
 def _check_workload_digest(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
-        raise _problem(f'expected "sha256:" and 64 lowercase hex digits, got {_describe(value)}')
+        raise _problem(f'expected "sha256:" and 64 lowercase hex digits, got {describe(value)}')
     return value
 
 
 def _check_advisory(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"INTEL-SA-[0-9]{5}", value):
-        raise _problem(f'expected an advisory ID such as "INTEL-SA-00837", got {_describe(value)}')
+        raise _problem(f'expected an advisory ID such as "INTEL-SA-00837", got {describe(value)}')
     return value
 
 
@@ -183,7 +182,7 @@ def _check_tcb_status(value: object) -> str:
     if value == "Revoked":
         raise _problem('"Revoked" cannot be accepted: the platform\'s keys are revoked')
     if not isinstance(value, str) or value not in TCB_STATUSES:
-        raise _problem(f"expected one of {', '.join(TCB_STATUSES)}, got {_describe(value)}")
+        raise _problem(f"expected one of {', '.join(TCB_STATUSES)}, got {describe(value)}")
     return value
 
 
@@ -834,17 +833,7 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
     """Parse and check the text of a policy; PolicyError names `source`, the key and why."""
     if not isinstance(text, str):
         raise PolicyError(f"{source}: a policy is text")
-    limit = _LIMITS.max_policy_size
-    if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
-        raise PolicyError(f"{source}: larger than the limit of {limit} bytes")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise PolicyError(f"{source}: {_toml_error_text(error)}") from None
-    except ValueError as error:  # an integer too long to convert (int_max_str_digits)
-        raise PolicyError(f"{source}: invalid TOML: {error}") from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise PolicyError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
+    data = parse_toml(text, limit=_LIMITS.max_policy_size, error=PolicyError, source=source)
     try:
         return Policy.model_validate(data)
     except ValidationError as error:
@@ -853,21 +842,8 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read, parse and check a policy file (UTF-8 TOML)."""
-    source = _show(os.fspath(path))
-    limit = _LIMITS.max_policy_size
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(limit + 1)
-    except OSError as error:
-        raise PolicyError(f"{source}: cannot read: {error.strerror or error}") from None
-    if len(raw) > limit:
-        raise PolicyError(f"{source}: larger than the limit of {limit} bytes")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise PolicyError(
-            f"{source}: not valid UTF-8 at byte offset {error.start} ({error.reason})"
-        ) from None
+    source = shown(os.fspath(path))
+    text = read_toml_text(path, limit=_LIMITS.max_policy_size, error=PolicyError, source=source)
     return parse_policy(text, source=source)
 
 
@@ -888,16 +864,13 @@ _EXPECTED_BY_TYPE = {
 
 def _policy_error(source: str, error: ValidationError) -> PolicyError:
     problems = [_problem_text(details) for details in error.errors(include_url=False)]
-    lines = [f"{source}: {problem}" for problem in problems[:_MAX_PROBLEMS]]
-    if len(problems) > _MAX_PROBLEMS:
-        lines.append(f"{source}: ... and {len(problems) - _MAX_PROBLEMS} more problems")
-    return PolicyError("\n".join(lines))
+    return problems_error(source, problems, PolicyError)
 
 
 def _problem_text(details: ErrorDetails) -> str:
     context = details.get("ctx") or {}
     loc = (*details["loc"], *context.get("at", ()))
-    path = _format_loc(loc)
+    path = format_loc(loc)
     prefix = f"{path}: " if path else ""
     kind = details["type"]
     given = details["input"]
@@ -909,16 +882,14 @@ def _problem_text(details: ErrorDetails) -> str:
         allowed = _keys_at(loc[:-1])
         return prefix + "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
     if kind == "literal_error":
-        return (
-            f"{prefix}expected {context.get('expected', 'a known value')}, got {_describe(given)}"
-        )
+        return f"{prefix}expected {context.get('expected', 'a known value')}, got {describe(given)}"
     if kind in ("greater_than_equal", "less_than_equal"):
         low, high = _bounds_at(loc)
-        return f"{prefix}expected an integer from {low} to {high}, got {_describe(given)}"
+        return f"{prefix}expected an integer from {low} to {high}, got {describe(given)}"
     if kind == "too_long":
         return f"{prefix}at most {context.get('max_length')} entries allowed"
     if kind in _EXPECTED_BY_TYPE:
-        return f"{prefix}expected {_EXPECTED_BY_TYPE[kind]}, got {_describe(given)}"
+        return f"{prefix}expected {_EXPECTED_BY_TYPE[kind]}, got {describe(given)}"
     return prefix + details["msg"]
 
 
@@ -946,64 +917,3 @@ def _bounds_at(loc: Sequence[str | int]) -> tuple[int, int]:
     """The range of the bounded integer at `loc`: an SVN byte unless named in _BOUNDS."""
     name = loc[-1] if loc else None
     return _BOUNDS.get(name, (0, 255)) if isinstance(name, str) else (0, 255)
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _format_loc(loc: Sequence[str | int]) -> str:
-    """A key path as TOML would write it: snp.min_tcb.tee, tdx.allowed_advisories[2]."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part == "[key]":
-            continue
-        else:
-            key = part if _BARE_KEY.fullmatch(part) and len(part) <= 60 else _quote(part)
-            text += f".{key}" if text else key
-    return text
-
-
-def _quote(text: str, limit: int = 60) -> str:
-    """`text` in double quotes, cut to `limit`, safe to print (policy text is untrusted)."""
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    quoted = json.dumps(text, ensure_ascii=False)
-    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in quoted)
-
-
-def _show(path: str) -> str:
-    return path if path.isprintable() else _quote(path, limit=4096)
-
-
-def _describe(value: object) -> str:
-    """A value as written in TOML, short enough for one line."""
-    match value:
-        case bool():
-            return "true" if value else "false"
-        case int():
-            return str(value) if value.bit_length() <= 64 else "a very large integer"
-        case float():
-            return repr(value)
-        case str():
-            return _quote(value)
-        case dict():
-            return "a table"
-        case list() | tuple():
-            return "an array"
-        case None:
-            return "nothing"
-    return f"a {type(value).__name__}"
-
-
-def _toml_error_text(error: tomllib.TOMLDecodeError) -> str:
-    message = str(error)
-    found = re.fullmatch(r"(?s)(.*) \(at line (\d+), column (\d+)\)", message)
-    if found:
-        reason, line, column = found.groups()
-        return f"line {line}, column {column}: invalid TOML: {reason}"
-    found = re.fullmatch(r"(?s)(.*) \(at end of document\)", message)
-    if found:
-        return f"end of file: invalid TOML: {found.group(1)}"
-    return f"invalid TOML: {message}"

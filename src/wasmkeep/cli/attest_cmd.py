@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from wasmkeep.cli._errors import report_errors
+from wasmkeep.cli._terminal import check_marks
 from wasmkeep.errors import ConfigError
+from wasmkeep.printable import escaped, quote, shown
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -131,7 +133,7 @@ def verify(
     expected, digest = _binding(report_data_hex, public_key, workload_digest, form)
     request = _Request(
         data=data,
-        source=_show(evidence),
+        source=shown(evidence),
         certs=certs,
         collateral=collateral,
         now=now,
@@ -165,7 +167,7 @@ def _parse_now(text: str | None) -> datetime.datetime:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(
-            f"--now {_quote(text)}: not an ISO 8601 time",
+            f"--now {quote(text)}: not an ISO 8601 time",
             hint="for example 2025-06-19T12:00:00Z",
         ) from None
     if moment.tzinfo is None:  # a time without a zone is taken as UTC
@@ -179,10 +181,10 @@ def _read(path: Path, limit: int, what: str) -> bytes:
             data = file.read(limit + 1)
     except OSError as error:
         raise ConfigError(
-            f"{_show(path)}: cannot read the {what}: {error.strerror or error}"
+            f"{shown(path)}: cannot read the {what}: {error.strerror or error}"
         ) from None
     if len(data) > limit:
-        raise ConfigError(f"{_show(path)}: the {what} is larger than the limit of {limit} bytes")
+        raise ConfigError(f"{shown(path)}: the {what} is larger than the limit of {limit} bytes")
     return data
 
 
@@ -211,7 +213,7 @@ def _detect(data: bytes, path: Path) -> str:
     if data[:1] == b"\x30":
         return "enarx-csr"  # DER: the CSR parser says if it is not one
     raise ConfigError(
-        f"{_show(path)}: not evidence wasmkeep knows (an SNP report, a configfs-tsm capture, "
+        f"{shown(path)}: not evidence wasmkeep knows (an SNP report, a configfs-tsm capture, "
         "a DCAP quote, software evidence, or an Enarx CSR)",
         hint="name the form with --format",
     )
@@ -241,7 +243,7 @@ def _binding(
         raise ConfigError("give --report-data or --public-key, not both")
     if workload_digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", workload_digest):
         raise ConfigError(
-            f"--workload-digest {_quote(workload_digest)}: expected sha256: and 64 lowercase "
+            f"--workload-digest {quote(workload_digest)}: expected sha256: and 64 lowercase "
             "hex digits"
         )
     if public_key is not None:
@@ -257,7 +259,7 @@ def _binding(
             expected = b""
         if len(expected) != 64:
             raise ConfigError(
-                f"--report-data {_quote(report_data_hex)}: expected 128 hex digits (64 bytes)"
+                f"--report-data {quote(report_data_hex)}: expected 128 hex digits (64 bytes)"
             )
         return expected, workload_digest
     if workload_digest is not None:
@@ -295,7 +297,7 @@ def _spki_of(path: Path) -> bytes:
         return key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    raise ConfigError(f"{_show(path)}: not a public key or certificate (PEM or DER)")
+    raise ConfigError(f"{shown(path)}: not a public key or certificate (PEM or DER)")
 
 
 # -- the forms ---------------------------------------------------------------------------
@@ -343,7 +345,7 @@ def _snp_with(
             ask = certificate
         else:
             raise ConfigError(
-                f"--certs: {_quote(name)} is not an AMD certificate (VCEK, VLEK, ASK, ASVK, ARK)"
+                f"--certs: {quote(name)} is not an AMD certificate (VCEK, VLEK, ASK, ASVK, ARK)"
             )
     if vcek is None:
         raise ConfigError(
@@ -474,7 +476,7 @@ def _read_pki(
     certificates: list[x509.Certificate] = []
     crls: list[x509.CertificateRevocationList] = []
     for path in paths:
-        source = _show(path)
+        source = shown(path)
         data = _read(path, DEFAULT_ATTESTATION_LIMITS.max_certificates_size, "certificate file")
         if b"-----BEGIN" in data:
             blocks = list(_PEM_BLOCK.finditer(data))
@@ -528,7 +530,7 @@ def _read_collateral(paths: Sequence[Path]) -> Collateral:
 
     merged = Collateral()
     for path in paths:
-        source = _show(path)
+        source = shown(path)
         data = _read(path, DEFAULT_ATTESTATION_LIMITS.max_collateral_size, "collateral")
         stripped = data.lstrip()
         try:
@@ -711,16 +713,16 @@ def _print_verdict(verdict: Verdict, form: str, digest: str | None) -> None:
         claims_table.add_column("claim", no_wrap=True, style="dim")
         claims_table.add_column("value", overflow="fold")
         for name, value in _claim_rows(verdict.claims, form, digest):
-            claims_table.add_row(Text(name), Text(_safe(value)))
+            claims_table.add_row(Text(name), Text(escaped(value)))
         console.print(claims_table)
-    passed_mark, failed_mark = _marks()
+    passed_mark, failed_mark = check_marks()
     checks_table = Table(title="checks", title_justify="left", title_style="bold")
     checks_table.add_column("check", no_wrap=True)
     checks_table.add_column("", no_wrap=True)
     checks_table.add_column("detail")
     for check in verdict.checks:
         mark = Text(passed_mark, style="green") if check.passed else Text(failed_mark, style="red")
-        checks_table.add_row(Text(check.name), mark, Text(_safe(check.detail)))
+        checks_table.add_row(Text(check.name), mark, Text(escaped(check.detail)))
     console.print(checks_table)
     if verdict.accepted:
         console.print(Text("accepted", style="bold green"))
@@ -733,31 +735,6 @@ def _print_verdict(verdict: Verdict, form: str, digest: str | None) -> None:
                 style="bold red",
             )
         )
-
-
-def _marks() -> tuple[str, str]:
-    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-    try:
-        "✔✘".encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return "yes", "no"
-    return "✔", "✘"
-
-
-def _safe(text: str) -> str:
-    """Text from evidence, printable: no escape sequence reaches the terminal."""
-    return "".join(char if char.isprintable() else f"\\x{ord(char):02x}" for char in text)
-
-
-def _quote(text: str, limit: int = 60) -> str:
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return _safe(json.dumps(text, ensure_ascii=False))
-
-
-def _show(path: Path) -> str:
-    text = str(path)
-    return text if text.isprintable() else _quote(text, 4096)
 
 
 def _one_line(error: BaseException) -> str:
@@ -803,11 +780,11 @@ def collect(
             report_data = b""
         if len(report_data) != 64:
             raise ConfigError(
-                f"--report-data {_quote(report_data_hex)}: expected 128 hex digits (64 bytes)"
+                f"--report-data {quote(report_data_hex)}: expected 128 hex digits (64 bytes)"
             )
     if workload_digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", workload_digest):
         raise ConfigError(
-            f"--workload-digest {_quote(workload_digest)}: expected sha256: and 64 lowercase "
+            f"--workload-digest {quote(workload_digest)}: expected sha256: and 64 lowercase "
             "hex digits"
         )
     collected = collect_evidence(report_data, backend=backend, workload_digest=workload_digest)
@@ -818,7 +795,7 @@ def collect(
     else:
         say(f"evidence: {collected.kind.value} from {collected.source}")
     for note in collected.notes:
-        say(f"  note: {_safe(note)}")
+        say(f"  note: {escaped(note)}")
     if collected.kind is EvidenceKind.SOFTWARE:
         click.echo(
             "wasmkeep: warning: software evidence: no hardware protects this keep; "
@@ -838,5 +815,5 @@ def collect(
     try:
         out.write_bytes(content)
     except OSError as error:
-        raise ConfigError(f"{_show(out)}: cannot write: {error.strerror or error}") from None
-    say(f"wrote {_show(out)} ({len(content)} bytes); check it with `wasmkeep attest verify`")
+        raise ConfigError(f"{shown(out)}: cannot write: {error.strerror or error}") from None
+    say(f"wrote {shown(out)} ({len(content)} bytes); check it with `wasmkeep attest verify`")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import click
 from wasmkeep.cli._errors import report_errors
 from wasmkeep.config import EXAMPLE_CONFIG, ConnectFile, ListenFile, load_config
 from wasmkeep.errors import ConfigError
+from wasmkeep.printable import shown
 
 __all__ = ["config"]
 
@@ -59,7 +59,7 @@ def check(path: Path) -> None:
             detail = f"  {file.prot} on {_host_port(file.addr, file.port)}"
             if file.tls:
                 clients = (
-                    f"client certificate required (CAs in {_safe(str(file.client_ca.path))})"
+                    f"client certificate required (CAs in {shown(str(file.client_ca.path))})"
                     if file.client_ca
                     else "no client certificate"
                 )
@@ -67,36 +67,20 @@ def check(path: Path) -> None:
         elif isinstance(file, ConnectFile):
             detail = f"  {file.prot} to {_host_port(file.host, file.port)}"
             if file.tls:
-                anchors = f"CAs in {_safe(str(file.ca.path))}" if file.ca else "the system's CAs"
+                anchors = f"CAs in {shown(str(file.ca.path))}" if file.ca else "the system's CAs"
                 detail += f", TLS {file.tls_min}+, server verified with {anchors}"
-        click.echo(f"  fd {fd}: {file.kind:<7} {_safe(file.name)}{detail}")
+        click.echo(f"  fd {fd}: {file.kind:<7} {shown(file.name)}{detail}")
     if checked.dirs:
         click.echo("dirs:")
     for fd, spec in enumerate(checked.dirs, start=len(checked.files)):
         access = "read-only" if spec.readonly else "read-write"
-        click.echo(f"  fd {fd}: {_safe(spec.guest)} -> {_safe(str(spec.host))} ({access})")
+        click.echo(f"  fd {fd}: {shown(spec.guest)} -> {shown(str(spec.host))} ({access})")
     if checked.args:
-        click.echo(f"args: {_safe(shlex.join(checked.args))}")
+        click.echo(f"args: {shown(shlex.join(checked.args))}")
     if checked.env:
-        click.echo(f"env: {', '.join(_safe(key) for key in checked.env)}")
+        click.echo(f"env: {', '.join(shown(key) for key in checked.env)}")
     if checked.steward:
         click.echo(f"steward: {checked.steward}")
-
-
-def _safe(text: str) -> str:
-    """Text from the config as is when it prints safely, else quoted with escapes.
-
-    The config may come from someone else: its strings must not drive the terminal.
-    """
-    if text.isprintable():
-        return text
-    quoted = json.dumps(text, ensure_ascii=False)
-    return "".join(char if char.isprintable() else _escape(char) for char in quoted)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _host_port(host: str, port: int) -> str:

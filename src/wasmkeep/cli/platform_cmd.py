@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import TYPE_CHECKING
 
 import click
+
+from wasmkeep.cli._terminal import check_marks
 
 if TYPE_CHECKING:
     from wasmkeep.host.platform import BackendReport
@@ -46,7 +47,7 @@ def _print_tables(reports: list[BackendReport]) -> None:
     from wasmkeep.host.platform import most_isolating_available
 
     console = Console(highlight=False)
-    passed_mark, failed_mark = _marks()
+    passed_mark, failed_mark = check_marks()
     for report in reports:
         table = Table(
             title=f"{report.name}: {report.isolation}",
@@ -69,13 +70,3 @@ def _print_tables(reports: list[BackendReport]) -> None:
         console.print(Text(f"{report.name}: {report.summary}", style=style))
         console.print()
     console.print(Text(f"default backend: {most_isolating_available(reports)}", style="bold"))
-
-
-def _marks() -> tuple[str, str]:
-    """Check marks, or plain words where the terminal's encoding lacks them."""
-    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-    try:
-        "✔✘".encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return "yes", "no"
-    return "✔", "✘"
