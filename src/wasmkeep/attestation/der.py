@@ -31,6 +31,8 @@ __all__ = [
     "SET",
     "UTF8_STRING",
     "Tlv",
+    "encode",
+    "encode_sequence",
     "parse_der",
     "tag_name",
 ]
@@ -241,3 +243,22 @@ def parse_der(data: bytes, what: str = "DER value") -> Tlv:
             f"{what}: {len(data) - end} bytes after the value that ends at offset {end}"
         )
     return item
+
+
+# -- writing (the few forms wasmkeep itself emits) --------------------------------------
+
+
+def encode(tag: int, value: bytes) -> bytes:
+    """One DER value: `tag`, the definite length in its shortest form, `value`."""
+    length = len(value)
+    if length < 0x80:
+        header = bytes([tag, length])
+    else:
+        octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+        header = bytes([tag, 0x80 | len(octets), *octets])
+    return header + value
+
+
+def encode_sequence(*items: bytes) -> bytes:
+    """A SEQUENCE of already encoded values."""
+    return encode(SEQUENCE, b"".join(items))
