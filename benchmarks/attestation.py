@@ -32,17 +32,30 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from _harness import (
+    Context,
+    Layout,
+    Section,
+    bullets,
+    command_output,
+    cpu_model,
+    markdown_report,
+    parse_checked,
+    progress,
+    spread,
+    utc_now,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "assets" / "attestation"
@@ -159,7 +172,7 @@ def measure(name: str, repeat: int, seconds: float, warmup: float) -> Result:
     rates = []
     for round_number in range(repeat):
         rates.append(_rate(once, seconds))
-        print(f"{name}: round {round_number + 1}: {rates[-1]:,.0f}/s", file=sys.stderr)
+        progress(f"{name}: round {round_number + 1}: {rates[-1]:,.0f}/s")
     return Result(name, what, rates, target)
 
 
@@ -170,60 +183,47 @@ def _target_text(result: Result) -> str:
     return f">= {result.target:,.0f}/s: {met} ({result.median:,.0f}/s)"
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _commit() -> str:
-    try:
-        completed = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return "unknown"
-    return completed.stdout.strip() or "unknown"
+    return command_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "unknown"
 
 
-def report(results: list[Result], args: argparse.Namespace, markdown: bool) -> str:
-    lines: list[str] = []
+COLUMNS = ("what", "median", "min", "max", "per verification")
+LAYOUT = Layout(COLUMNS, numeric=COLUMNS[1:])
+
+
+def section(result: Result) -> Section:
+    """The result as the Markdown table shows it."""
+    per_second = spread(result.rates, lambda rate: f"{rate:,.0f}/s")
+    row = [result.what, *per_second, f"{1e3 / result.median:.2f} ms"]
+    target = _target_text(result)
+    goals = {result.what: target} if target else {}
+    return Section(result.name, f"{result.name}: {result.what}", [row], goals=goals)
+
+
+def report(results: Sequence[Result], context: Context, markdown: bool) -> str:
     if markdown:
-        lines += [
-            "| benchmark | what | median | min | max | per verification | target |",
-            "|---|---|---:|---:|---:|---:|---|",
-        ]
-        for result in results:
-            lines.append(
-                f"| {result.name} | {result.what} | {result.median:,.0f}/s "
-                f"| {min(result.rates):,.0f}/s | {max(result.rates):,.0f}/s "
-                f"| {1e3 / result.median:.2f} ms | {_target_text(result)} |"
-            )
-    else:
-        for result in results:
-            lines.append(
-                f"{result.name:<14} {result.median:>9,.0f}/s  (min {min(result.rates):,.0f}, "
-                f"max {max(result.rates):,.0f}; {1e3 / result.median:.2f} ms each)  "
-                f"{_target_text(result)}"
-            )
-    lines += [
-        "",
-        f"- command: benchmarks/attestation.py {' '.join(sys.argv[1:])}".rstrip(),
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- wasmkeep: commit {_commit()}",
-        f"- machine: {_cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        f"- method: {args.warmup:g} s warm-up, then {args.repeat} rounds of {args.seconds:g} s; "
-        "median, slowest and fastest round; one thread",
+        sections = [section(result) for result in results]
+        return markdown_report(LAYOUT, sections, context)
+    lines = [
+        f"{result.name:<14} {result.median:>9,.0f}/s  (min {min(result.rates):,.0f}, "
+        f"max {max(result.rates):,.0f}; {1e3 / result.median:.2f} ms each)  "
+        f"{_target_text(result)}"
+        for result in results
     ]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *bullets(context)])
+
+
+def describe_run(args: argparse.Namespace) -> Context:
+    """When, where and with what the numbers were taken."""
+    cpu = cpu_model(unknown=platform.machine())
+    return {
+        "command": " ".join(["benchmarks/attestation.py", *sys.argv[1:]]),
+        "date": utc_now(),
+        "wasmkeep": f"commit {_commit()}",
+        "machine": f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "method": f"{args.warmup:g} s warm-up, then {args.repeat} rounds of {args.seconds:g} s; "
+        "median, slowest and fastest round; one thread",
+    }
 
 
 def main() -> int:
@@ -234,7 +234,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--markdown", action="store_true", help="a Markdown table")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
-    args = parser.parse_args()
+    args = parse_checked(parser, None)
+    if args.seconds <= 0 or args.warmup < 0:
+        parser.error("--seconds must be positive and --warmup not negative")
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
@@ -243,23 +245,20 @@ def main() -> int:
     # SNP vector has no CRL, software evidence is insecure): not timed here.
     logging.getLogger("wasmkeep.attestation.policy").setLevel(logging.ERROR)
     results = [measure(name, args.repeat, args.seconds, args.warmup) for name in names]
-    print(report(results, args, args.markdown))
+    print(report(results, describe_run(args), args.markdown))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                [
-                    {
-                        "name": result.name,
-                        "what": result.what,
-                        "rates": result.rates,
-                        "median": result.median,
-                        "target": result.target,
-                    }
-                    for result in results
-                ],
-                indent=2,
-            )
+        write_json(
+            args.json,
+            [
+                {
+                    "name": result.name,
+                    "what": result.what,
+                    "rates": result.rates,
+                    "median": result.median,
+                    "target": result.target,
+                }
+                for result in results
+            ],
         )
     return 0
 

@@ -69,7 +69,6 @@ import random
 import re
 import resource
 import selectors
-import shlex
 import shutil
 import signal
 import socket
@@ -91,21 +90,27 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from run import (
-    BUILD,
-    NATIVE_CC,
-    WASM_CC,
+from _harness import (
     Context,
+    Layout,
+    Section,
     SetupError,
-    aligned,
-    build_one,
-    cpu_model,
-    find_wasmkeep,
-    first_line,
+    add_output_options,
+    add_run_options,
+    base_context,
+    finish,
     format_bytes,
+    format_ratio,
+    interleaved,
+    parse_checked,
     progress,
-    wasmkeep_revision,
+    render_report,
+    select,
+    setup_failed,
+    spread,
+    write_json,
 )
+from run import BUILD, build_all, compiler_versions, find_wasmkeep
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"
@@ -609,12 +614,9 @@ def measure(bench: Benchmark, ws: Workspace, load: Load, repeat: int) -> BenchRe
                 continue
             live.append(contender)
             result.samples[contender.name] = []
-        for round_ in range(repeat):
-            label = f"{round_ + 1}/{repeat}"
-            start = round_ % len(live) if live else 0
-            for contender in [*live[start:], *live[:start]]:
-                if contender.name in result.samples:
-                    time_one(bench, contender, servers, load, result, label)
+        for label, contender in interleaved(live, repeat):
+            if contender.name in result.samples:
+                time_one(bench, contender, servers, load, result, label)
         for contender in live:
             if contender.name in result.samples:
                 result.problems += servers.finish(contender.name)
@@ -1113,14 +1115,12 @@ def run_role(argv: list[str]) -> int:
 # --- Reporting ----------------------------------------------------------------------
 
 COLUMNS = ("contender", "median", "min", "max", "vs baseline", "server CPU", "client CPU")
+#: Server CPU, which may list its parts, is aligned left in Markdown.
+LAYOUT = Layout(COLUMNS, numeric=("median", "min", "max", "vs baseline", "client CPU"))
 
 
 def format_value(value: float, unit: Unit) -> str:
     return f"{value:,.1f} {unit}" if unit == "MB/s" else f"{value:,.0f} {unit}"
-
-
-def format_ratio(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def cores(samples: Sequence[Sample]) -> dict[str, float]:
@@ -1154,13 +1154,10 @@ def rows(result: BenchResult) -> list[list[str]]:
     for name, samples in result.samples.items():
         if not samples:
             continue
-        values = [s.value for s in samples]
         table.append(
             [
                 name,
-                format_value(statistics.median(values), unit),
-                format_value(min(values), unit),
-                format_value(max(values), unit),
+                *spread([s.value for s in samples], lambda value: format_value(value, unit)),
                 format_ratio(result.ratio(name)),
                 format_server_cpu(samples),
                 format_client_cpu(samples),
@@ -1180,38 +1177,20 @@ def verdict(result: BenchResult) -> str | None:
     return f"{'met' if ratio >= target.min_ratio else 'MISSED'} ({ratio:.2f}x)"
 
 
-def text_report(results: Sequence[BenchResult], context: Context) -> str:
-    lines = [f"{key}: {value}" for key, value in context.items()]
-    for result in results:
-        bench = result.bench
-        lines += ["", f"{bench.name}: {bench.summary}; baseline: {bench.baseline}"]
-        lines += ["  " + line for line in aligned([list(COLUMNS), *rows(result)])]
-        if (outcome := verdict(result)) is not None:
-            assert bench.target is not None
-            lines.append(f"  target: {bench.target.describe()}: {outcome}")
-        lines += [f"  PROBLEM: {problem}" for problem in result.problems]
-    return "\n".join(lines)
-
-
-def markdown_report(results: Sequence[BenchResult], context: Context) -> str:
-    header = ["benchmark", *COLUMNS, "target"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", "---", *["---:"] * 4, "---", "---:", "---"]) + "|",
-    ]
-    for result in results:
-        target = result.bench.target
-        for row in rows(result):
-            goal = ""
-            if target is not None and row[0] == target.contender:
-                goal = f">= {target.min_ratio:.2f}x: {verdict(result)}"
-            lines.append("| " + " | ".join([result.bench.name, *row, goal]) + " |")
-    lines.append("")
-    lines += [f"- {key}: {value}" for key, value in context.items()]
-    for result in results:
-        lines.append(f"- {result.bench.name}: {result.bench.summary}")
-        lines += [f"- PROBLEM in {result.bench.name}: {p}" for p in result.problems]
-    return "\n".join(lines)
+def section(result: BenchResult) -> Section:
+    """The result as a report shows it, the target judged on its contender's row."""
+    bench = result.bench
+    target, outcome = bench.target, verdict(result)
+    goals = {} if target is None else {target.contender: f">= {target.min_ratio:.2f}x: {outcome}"}
+    return Section(
+        bench.name,
+        f"{bench.name}: {bench.summary}; baseline: {bench.baseline}",
+        rows(result),
+        target=None if target is None else f"{target.describe()}: {outcome}",
+        goals=goals,
+        problems=result.problems,
+        notes=[f"{bench.name}: {bench.summary}"],
+    )
 
 
 def json_report(results: Sequence[BenchResult], context: Context) -> dict[str, object]:
@@ -1257,15 +1236,15 @@ def describe_run(repeat: int, load: Load) -> Context:
             f"{HTTP_CONNECTIONS} connections in all"
         )
     return {
-        "command": shlex.join(["benchmarks/network.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "wasmkeep": wasmkeep_revision(),
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {os.uname().release}",
-        "method": f"1 warm-up, then {repeat} timed runs per contender, interleaved; "
-        "MB = 10^6 bytes; CPU in cores (CPU seconds per wall second)",
+        **base_context(
+            "network.py",
+            machine=os.uname().release,
+            method=f"1 warm-up, then {repeat} timed runs per contender, interleaved; "
+            "MB = 10^6 bytes; CPU in cores (CPU seconds per wall second)",
+        ),
         "HTTP load": tool,
         "TLS": f"Python {sys.version.split()[0]} ssl, {ssl.OPENSSL_VERSION}; TLS 1.3, ECDSA P-256",
-        "compilers": f"{first_line(['clang', '--version'])}; {first_line(['gcc', '--version'])}",
+        "compilers": compiler_versions(),
     }
 
 
@@ -1286,36 +1265,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Network throughput and request rate of wasmkeep against a baseline.",
     )
-    parser.add_argument(
-        "--repeat", type=int, default=3, metavar="N", help="timed runs per contender (default 3)"
-    )
-    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks")
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    add_run_options(parser, repeat=3)
     parser.add_argument(
         "--load",
         choices=("auto", "wrk", "python"),
         default="auto",
         help="HTTP load: wrk, the Python load client, or wrk if installed (default)",
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
-    parser.add_argument(
-        "--markdown", action="store_true", help="print a Markdown table instead of text"
-    )
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
-
-
-def select(all_benchmarks: list[Benchmark], only: str | None) -> list[Benchmark]:
-    if not only:
-        return all_benchmarks
-    wanted = [name.strip() for name in only.split(",") if name.strip()]
-    known = [b.name for b in all_benchmarks]
-    unknown = [name for name in wanted if name not in known]
-    if unknown:
-        raise SetupError(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(known)}")
-    return [b for b in all_benchmarks if b.name in wanted]
+    add_output_options(parser)
+    return parse_checked(parser, argv)
 
 
 def choose_load(wanted: str, chosen: Sequence[Benchmark]) -> LoadTool:
@@ -1334,14 +1292,7 @@ def choose_load(wanted: str, chosen: Sequence[Benchmark]) -> LoadTool:
 
 def build() -> None:
     """The examples, with run.py's compilers and flags, into benchmarks/build/."""
-    for tool in (WASM_CC[0], NATIVE_CC[0]):
-        if shutil.which(tool) is None:
-            raise SetupError(f"{tool} not found; see benchmarks/README.md, Prerequisites")
-    BUILD.mkdir(exist_ok=True)
-    for name in ("tcp-echo", "http-hello"):
-        source = EXAMPLES / name / f"{name}.c"
-        build_one(WASM_CC, source, BUILD / f"{name}.wasm")
-        build_one(NATIVE_CC, source, BUILD / name)
+    build_all([EXAMPLES / name / f"{name}.c" for name in ("tcp-echo", "http-hello")])
 
 
 def _stop_on_sigterm(signum: int, _frame: object) -> None:
@@ -1360,8 +1311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wasmkeep = find_wasmkeep()
         load = Load(choose_load(args.load, chosen), sizes)
     except SetupError as error:
-        print(f"network.py: {error}", file=sys.stderr)
-        return 2
+        return setup_failed("network.py", error)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     context = describe_run(args.repeat, load)
     try:
@@ -1371,18 +1321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("network.py: interrupted; every server stopped", file=sys.stderr)
         return 130
-    report = markdown_report if args.markdown else text_report
-    print(report(results, context))
+    sections = [section(result) for result in results]
+    print(render_report(LAYOUT, sections, context, markdown=args.markdown))
     if args.json:
-        args.json.write_text(json.dumps(json_report(results, context), indent=2) + "\n")
+        write_json(args.json, json_report(results, context))
     for result in results:
         if (outcome := verdict(result)) is not None:
             assert result.bench.target is not None
             progress(f"target: {result.bench.target.describe()}: {outcome}")
-    problems = [p for r in results for p in r.problems]
-    for problem in problems:
-        progress(f"PROBLEM: {problem}")
-    return 1 if problems else 0
+    return finish([p for r in results for p in r.problems])
 
 
 if __name__ == "__main__":

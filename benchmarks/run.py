@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import random
@@ -43,11 +42,32 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib.util import find_spec
 from io import BufferedReader
 from pathlib import Path
 from typing import Literal
+
+from _harness import (
+    Context,
+    Layout,
+    Section,
+    SetupError,
+    add_output_options,
+    add_run_options,
+    base_context,
+    finish,
+    first_line,
+    format_bytes,
+    format_ratio,
+    interleaved,
+    parse_checked,
+    progress,
+    render_report,
+    select,
+    setup_failed,
+    spread,
+    write_json,
+)
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
@@ -64,12 +84,6 @@ SHOWN_OUTPUT_BYTES = 200
 
 #: How a benchmark's times are shown: seconds, or milliseconds for start-up.
 Unit = Literal["s", "ms"]
-#: When, where and with what the numbers were taken: shown under every report.
-Context = dict[str, str]
-
-
-class SetupError(Exception):
-    """The benchmark cannot start: a tool is missing or a build failed."""
 
 
 class RunFailed(Exception):
@@ -254,15 +268,21 @@ def find_wasmkeep() -> Path:
 # --- Building ---------------------------------------------------------------
 
 
-def build_all(names: Sequence[str]) -> None:
+def build_all(sources: Sequence[Path]) -> None:
+    """Build each C source into `build/STEM.wasm` and `build/STEM`, unless up
+    to date (network.py builds the examples with it too)."""
     for tool in (WASM_CC[0], NATIVE_CC[0]):
         if shutil.which(tool) is None:
             raise SetupError(f"{tool} not found; see benchmarks/README.md, Prerequisites")
     BUILD.mkdir(exist_ok=True)
-    for name in names:
-        source = SRC / f"{name}.c"
-        build_one(WASM_CC, source, BUILD / f"{name}.wasm")
-        build_one(NATIVE_CC, source, BUILD / name)
+    for source in sources:
+        build_one(WASM_CC, source, BUILD / f"{source.stem}.wasm")
+        build_one(NATIVE_CC, source, BUILD / source.stem)
+
+
+def compiler_versions() -> str:
+    """The compilers' versions, for the report's context."""
+    return f"{first_line([WASM_CC[0], '--version'])}; {first_line([NATIVE_CC[0], '--version'])}"
 
 
 def build_one(compiler: Sequence[str], source: Path, output: Path) -> None:
@@ -435,11 +455,9 @@ def measure(
     ones still standing, each round starting one contender further on."""
     result = BenchResult(bench)
     expected, live = warm_up(bench, runners, ws, result)
-    for round_ in range(repeat):
-        start = round_ % len(live) if live else 0
-        for contender in [*live[start:], *live[:start]]:
-            if contender.name in result.times:
-                time_one(bench, contender, ws, expected, result, f"{round_ + 1}/{repeat}")
+    for label, contender in interleaved(live, repeat):
+        if contender.name in result.times:
+            time_one(bench, contender, ws, expected, result, label)
     return result
 
 
@@ -499,6 +517,7 @@ def mismatch(contender: Contender, output: Output, expected: Output) -> str:
 # --- Reporting ----------------------------------------------------------------
 
 COLUMNS = ("contender", "median", "min", "max", "vs wasmtime", "vs native")
+LAYOUT = Layout(COLUMNS, numeric=COLUMNS[1:], target_title="target (wasmkeep)")
 
 
 def rows(result: BenchResult) -> list[list[str]]:
@@ -511,11 +530,9 @@ def rows(result: BenchResult) -> list[list[str]]:
         table.append(
             [
                 name,
-                format_time(statistics.median(times), unit),
-                format_time(min(times), unit),
-                format_time(max(times), unit),
-                format_speed(result.speed(name, WASMTIME)),
-                format_speed(result.speed(name, NATIVE)),
+                *spread(times, lambda seconds: format_time(seconds, unit)),
+                format_ratio(result.speed(name, WASMTIME)),
+                format_ratio(result.speed(name, NATIVE)),
             ]
         )
     return table
@@ -533,48 +550,18 @@ def verdict(result: BenchResult) -> str | None:
     return f"{'met' if met else 'MISSED'} ({value})"
 
 
-def text_report(results: Sequence[BenchResult], context: Context) -> str:
-    lines = [f"{key}: {value}" for key, value in context.items()]
-    for result in results:
-        lines += ["", f"{result.bench.name}: {result.bench.summary}"]
-        lines += ["  " + line for line in aligned([list(COLUMNS), *rows(result)])]
-        if (outcome := verdict(result)) is not None:
-            assert result.bench.target is not None
-            lines.append(f"  target: wasmkeep {result.bench.target.describe()}: {outcome}")
-        lines += [f"  PROBLEM: {problem}" for problem in result.problems]
-    return "\n".join(lines)
-
-
-def aligned(table: list[list[str]]) -> list[str]:
-    """Columns padded to line up: the first to the left, numbers to the right."""
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in table
-    ]
-
-
-def markdown_report(results: Sequence[BenchResult], context: Context) -> str:
-    header = ["benchmark", *COLUMNS, "target (wasmkeep)"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", "---", *["---:"] * (len(COLUMNS) - 1), "---"]) + "|",
-    ]
-    for result in results:
-        target = result.bench.target
-        for row in rows(result):
-            goal = ""
-            if target is not None and row[0] == WASMKEEP:
-                goal = f"{target.describe()}: {verdict(result)}"
-            lines.append("| " + " | ".join([result.bench.name, *row, goal]) + " |")
-    lines.append("")
-    lines += [f"- {key}: {value}" for key, value in context.items()]
-    for result in results:
-        lines += [f"- PROBLEM in {result.bench.name}: {p}" for p in result.problems]
-    return "\n".join(lines)
+def section(result: BenchResult) -> Section:
+    """The result as a report shows it, the target judged on wasmkeep's row."""
+    bench = result.bench
+    goal = None if bench.target is None else f"{bench.target.describe()}: {verdict(result)}"
+    return Section(
+        bench.name,
+        f"{bench.name}: {bench.summary}",
+        rows(result),
+        target=None if goal is None else f"wasmkeep {goal}",
+        goals={} if goal is None else {WASMKEEP: goal},
+        problems=result.problems,
+    )
 
 
 def json_report(results: Sequence[BenchResult], context: Context) -> dict[str, object]:
@@ -602,73 +589,18 @@ def format_time(seconds: float, unit: Unit) -> str:
     return f"{seconds * 1000:.1f} ms" if unit == "ms" else f"{seconds:.3f} s"
 
 
-def format_speed(speed: float | None) -> str:
-    return "-" if speed is None else f"{speed:.2f}x"
-
-
-def format_bytes(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale} {unit}"
-    return f"{size} bytes"
-
-
 def describe_run(repeat: int, wasmtime: Path) -> Context:
     """When, where and with what the numbers were taken."""
     return {
-        "command": shlex.join(["benchmarks/run.py", *sys.argv[1:]]),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "wasmkeep": wasmkeep_revision(),
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "method": f"1 warm-up, then {repeat} timed runs per contender, interleaved; wall time",
+        **base_context(
+            "run.py",
+            machine=platform.platform(),
+            method=f"1 warm-up, then {repeat} timed runs per contender, interleaved; wall time",
+        ),
         "wasmtime": f"{first_line([str(wasmtime), '--version'])} (CLI defaults; cache on)",
-        "compilers": f"{first_line(['clang', '--version'])}; {first_line(['gcc', '--version'])}",
+        "compilers": compiler_versions(),
         "scratch": f"{tempfile.gettempdir()} (inputs, the files benchmark; set TMPDIR to move)",
     }
-
-
-def wasmkeep_revision() -> str:
-    """The commit measured, and whether the source differed from it. The
-    source is wherever this Python imports wasmkeep from (the editable
-    install, or a checkout put first on PYTHONPATH), as the CLI does too."""
-    spec = find_spec("wasmkeep")
-    if spec is None or spec.origin is None:
-        return "not importable"
-    package = Path(spec.origin).parent
-    git = ["git", "-C", str(package)]
-    commit = command_output([*git, "rev-parse", "--short", "HEAD"])
-    if commit is None:
-        return f"{package} (not in a git checkout)"
-    changed = command_output([*git, "status", "--porcelain", "--", "."])
-    return f"commit {commit}{' + uncommitted changes' if changed else ''} ({package})"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def first_line(command: list[str]) -> str:
-    output = command_output(command)
-    return output.splitlines()[0] if output else f"{command[0]} (unknown version)"
-
-
-def command_output(command: list[str]) -> str | None:
-    """A helper command's stdout, stripped; None if it could not run or failed."""
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError:
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- Command line ---------------------------------------------------------
@@ -678,54 +610,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Compare wasmkeep with the wasmtime CLI and native code.",
     )
-    parser.add_argument(
-        "--repeat", type=int, default=5, metavar="N", help="timed runs per contender (default 5)"
-    )
-    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks")
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
-    parser.add_argument(
-        "--markdown", action="store_true", help="print a Markdown table instead of text"
-    )
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
-
-
-def select(all_benchmarks: list[Benchmark], only: str | None) -> list[Benchmark]:
-    if not only:
-        return all_benchmarks
-    wanted = [name.strip() for name in only.split(",") if name.strip()]
-    known = [b.name for b in all_benchmarks]
-    unknown = [name for name in wanted if name not in known]
-    if unknown:
-        raise SetupError(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(known)}")
-    return [b for b in all_benchmarks if b.name in wanted]
+    add_run_options(parser, repeat=5)
+    add_output_options(parser)
+    return parse_checked(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         chosen = select(benchmarks(QUICK if args.quick else FULL), args.only)
-        build_all([b.name for b in chosen])
+        build_all([SRC / f"{b.name}.c" for b in chosen])
         wasmtime = find_wasmtime()
         runners = contenders(wasmtime, find_wasmkeep())
     except SetupError as error:
-        print(f"run.py: {error}", file=sys.stderr)
-        return 2
+        return setup_failed("run.py", error)
     context = describe_run(args.repeat, wasmtime)
     with tempfile.TemporaryDirectory(prefix="wasmkeep-bench-") as root:
         ws = Workspace(Path(root))
         results = [measure(b, contenders_for(b, runners), args.repeat, ws) for b in chosen]
-    report = markdown_report if args.markdown else text_report
-    print(report(results, context))
+    sections = [section(result) for result in results]
+    print(render_report(LAYOUT, sections, context, markdown=args.markdown))
     if args.json:
-        args.json.write_text(json.dumps(json_report(results, context), indent=2) + "\n")
-    problems = [p for r in results for p in r.problems]
-    for problem in problems:
-        progress(f"PROBLEM: {problem}")
-    return 1 if problems else 0
+        write_json(args.json, json_report(results, context))
+    return finish([p for r in results for p in r.problems])
 
 
 if __name__ == "__main__":
