@@ -10,11 +10,13 @@ or malformed evidence, a bad policy, a bad flag).
 The binding: the verifier must know which key (and workload) the evidence is
 for. ``--public-key`` with ``--workload-digest`` computes report_data as every
 wasmkeep keep binds it (:func:`wasmkeep.attestation.software.report_data`);
-``--report-data`` gives the 64 bytes directly; an Enarx CSR carries its key,
-bound as Enarx binds it (SNP: SHA-384 of the SubjectPublicKeyInfo in
-report_data[0:48]; SGX: SHA-256 in [0:32]). Without any of these the
-report_data check says nothing was compared. A workload digest reaches the
-policy only when report_data binds it.
+``--report-data`` gives the 64 bytes directly. A CSR carries its key and is
+appraised as a Steward appraises it (:func:`wasmkeep.attestation.appraise.appraise_csr`):
+a wasmkeep keep's CSR binds its key and its workload digest, an Enarx keep's
+its key alone (SNP: SHA-384 of the SubjectPublicKeyInfo in report_data[0:48];
+SGX: SHA-256 in [0:32]). Without any of these the report_data check says
+nothing was compared. A workload digest reaches the policy only when
+report_data binds it.
 
 The clock is read here, not in verification: ``--now`` replaces it.
 """
@@ -26,7 +28,7 @@ import datetime
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,16 +42,18 @@ from wasmkeep.printable import escaped, quote, shown
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from wasmkeep.attestation.appraise import SnpCertificates
     from wasmkeep.attestation.dcap import Collateral
+    from wasmkeep.attestation.policy import Policy
     from wasmkeep.attestation.snp import SnpReport
     from wasmkeep.attestation.verdict import Claims, Verdict
 
 __all__ = ["attest"]
 
-FORMATS = ("auto", "snp", "snp-tsm", "tdx", "sgx", "software", "enarx-csr")
-#: The evidence extensions of Enarx keeps' CSRs (enarx/steward, crates/attestation).
-ENARX_SNP_OID = "1.3.6.1.4.1.58270.1.3"
-ENARX_SGX_OID = "1.3.6.1.4.1.58270.1.2"
+#: "enarx-csr" and "wasmkeep-csr" both read any keep's CSR; the output names
+#: the kind found.
+FORMATS = ("auto", "snp", "snp-tsm", "tdx", "sgx", "software", "enarx-csr", "wasmkeep-csr")
+_CSR_FORMATS = ("enarx-csr", "wasmkeep-csr")
 _SNP_REPORT_SIZE = 0x4A0
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
@@ -140,8 +144,11 @@ def verify(
         expected=expected,
         product=product.capitalize() if product else None,
     )
-    verdict = _VERIFIERS[form](request)
-    final = policy.evaluate(verdict, workload_digest=digest)
+    if form in _CSR_FORMATS:
+        final, form, digest = _appraise_csr(request, policy)
+    else:
+        verdict = _VERIFIERS[form](request)
+        final = policy.evaluate(verdict, workload_digest=digest)
     if as_json:
         click.echo(json.dumps(_document(final, form, policy_path, now, digest), indent=2))
     else:
@@ -221,7 +228,7 @@ def _detect(data: bytes, path: Path) -> str:
 
 def _check_inputs(form: str, certs: Sequence[Path], collateral: Sequence[Path]) -> None:
     """Refuse inputs the form does not use, rather than ignore them."""
-    if certs and form in ("tdx", "sgx", "software"):
+    if certs and form in ("tdx", "sgx", "software"):  # a CSR may carry SNP evidence
         raise ConfigError(f"--certs does not apply to {form} evidence (SNP certificates and CRLs)")
     if collateral and form in ("snp", "snp-tsm", "software"):
         raise ConfigError(f"--collateral does not apply to {form} evidence (TDX and SGX quotes)")
@@ -234,10 +241,10 @@ def _binding(
     form: str,
 ) -> tuple[bytes | None, str | None]:
     """The expected report_data and the workload digest it binds (each may be None)."""
-    if form == "enarx-csr" and (report_data_hex or public_key or workload_digest):
+    if form in _CSR_FORMATS and (report_data_hex or public_key or workload_digest):
         raise ConfigError(
-            "--report-data, --public-key and --workload-digest do not apply to an Enarx CSR: "
-            "its key is bound as Enarx binds it, and Enarx binds no workload"
+            "--report-data, --public-key and --workload-digest do not apply to an Enarx CSR "
+            "or a wasmkeep CSR: a CSR carries its key (and a wasmkeep CSR its workload digest)"
         )
     if report_data_hex is not None and public_key is not None:
         raise ConfigError("give --report-data or --public-key, not both")
@@ -334,19 +341,10 @@ def _snp_with(
 ) -> Verdict:
     from wasmkeep.attestation.snp import verify_snp
 
-    given, given_crls = _read_pki(request.certs)
-    for certificate in given:
-        name = _common_name(certificate)
-        if name in ("SEV-VCEK", "SEV-VLEK"):
-            vcek = certificate
-        elif name.startswith("ARK-"):
-            ark = certificate
-        elif name.startswith("SEV-"):
-            ask = certificate
-        else:
-            raise ConfigError(
-                f"--certs: {quote(name)} is not an AMD certificate (VCEK, VLEK, ASK, ASVK, ARK)"
-            )
+    given = _given_amd(request)
+    vcek = given.vcek or vcek
+    ask = given.ask or ask
+    ark = given.ark or ark
     if vcek is None:
         raise ConfigError(
             f"{request.source}: an SNP report needs the VCEK that signed it",
@@ -358,10 +356,31 @@ def _snp_with(
         product=request.product,
         ask=ask,
         ark=ark,
-        crls=(*crls, *given_crls),
+        crls=(*crls, *given.crls),
         now=request.now,
         expected_report_data=request.expected,
     )
+
+
+def _given_amd(request: _Request) -> SnpCertificates:
+    """The AMD certificates and CRLs of --certs, each in its role by its name."""
+    from wasmkeep.attestation.appraise import SnpCertificates
+
+    certificates, crls = _read_pki(request.certs)
+    roles: dict[str, x509.Certificate] = {}
+    for certificate in certificates:
+        name = _common_name(certificate)
+        if name in ("SEV-VCEK", "SEV-VLEK"):
+            roles["vcek"] = certificate
+        elif name.startswith("ARK-"):
+            roles["ark"] = certificate
+        elif name.startswith("SEV-"):
+            roles["ask"] = certificate
+        else:
+            raise ConfigError(
+                f"--certs: {quote(name)} is not an AMD certificate (VCEK, VLEK, ASK, ASVK, ARK)"
+            )
+    return SnpCertificates(crls=tuple(crls), **roles)
 
 
 def _verify_quote(request: _Request, tee: str) -> Verdict:
@@ -379,84 +398,35 @@ def _verify_quote(request: _Request, tee: str) -> Verdict:
     )
 
 
-def _verify_enarx_csr(request: _Request) -> Verdict:
-    import hashlib
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    from wasmkeep.attestation.dcap import (
-        enarx_sgx_report_data,
-        parse_enarx_sgx_extension,
-        verify_quote,
-    )
+def _appraise_csr(request: _Request, policy: Policy) -> tuple[Verdict, str, str | None]:
+    """A keep's CSR, appraised as a Steward does: the final verdict, the kind
+    of CSR ("enarx-csr" or "wasmkeep-csr") and the workload digest it binds."""
+    from wasmkeep.attestation.appraise import appraise_csr
     from wasmkeep.attestation.errors import EvidenceFormatError
-    from wasmkeep.attestation.snp import parse_enarx_snp_extension
-    from wasmkeep.attestation.verdict import Check, Verdict
-    from wasmkeep.attestation.x509_checked import X509_PARSE_ERRORS
 
+    given = _given_amd(request)
+    collateral = _read_collateral(request.collateral) if request.collateral else None
     try:
-        if request.data.lstrip().startswith(b"-----BEGIN"):
-            csr = x509.load_pem_x509_csr(request.data)
-        else:
-            csr = x509.load_der_x509_csr(request.data)
-        extensions = {extension.oid.dotted_string: extension for extension in csr.extensions}
-        spki = csr.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        # The CSR's signature proves that whoever made the evidence holds the
-        # key that the evidence binds (PKCS #10, 4.2).
-        signed = csr.is_signature_valid
-    except X509_PARSE_ERRORS as error:
-        raise EvidenceFormatError(f"{request.source}: not a CSR: {_one_line(error)}") from None
-    possession = Check(
-        "csr_signature",
-        signed,
-        "the CSR is signed by the key its evidence binds"
-        if signed
-        else "the CSR's signature does not verify with its own key",
-    )
-    if ENARX_SNP_OID in extensions:
-        value = _extension_bytes(extensions[ENARX_SNP_OID], request.source)
-        report, vcek, crls = parse_enarx_snp_extension(value, product=request.product)
-        bound = dataclasses.replace(request, expected=hashlib.sha384(spki).digest())
-        verdict = _snp_with(bound, report, vcek, None, None, crls)
-    elif ENARX_SGX_OID in extensions:
-        value = _extension_bytes(extensions[ENARX_SGX_OID], request.source)
-        quote, carried = parse_enarx_sgx_extension(value)
-        collateral = _merge_collateral(carried, _read_collateral(request.collateral))
-        verdict = verify_quote(
-            quote,
-            collateral,
+        appraisal = appraise_csr(
+            request.data,
+            policy=policy,
             now=request.now,
-            expected_report_data=enarx_sgx_report_data(spki),
+            collateral=collateral,
+            snp_certificates=given,
+            product=request.product,
         )
-    else:
-        raise EvidenceFormatError(
-            f"{request.source}: the CSR carries no Enarx evidence extension "
-            f"({ENARX_SNP_OID} for SNP, {ENARX_SGX_OID} for SGX)"
-        )
-    return Verdict(verdict.claims, (possession, *verdict.checks))
+    except EvidenceFormatError as error:
+        raise EvidenceFormatError(f"{request.source}: {error}") from None
+    kind = "enarx-csr" if appraisal.form.enarx else "wasmkeep-csr"
+    return appraisal.verdict, kind, appraisal.workload_digest
 
 
-def _extension_bytes(extension: x509.Extension[Any], source: str) -> bytes:
-    from cryptography import x509
-
-    from wasmkeep.attestation.errors import EvidenceFormatError
-
-    value = extension.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise EvidenceFormatError(f"{source}: extension {extension.oid.dotted_string} is not raw")
-    return value.value
-
-
-_VERIFIERS = {
+_VERIFIERS: dict[str, Callable[[_Request], Verdict]] = {
     "software": _verify_software,
     "snp": _verify_snp,
     "snp-tsm": _verify_snp_tsm,
     "tdx": lambda request: _verify_quote(request, "tdx"),
     "sgx": lambda request: _verify_quote(request, "sgx"),
-    "enarx-csr": _verify_enarx_csr,
 }
 
 
