@@ -19,6 +19,7 @@ _COMMANDS = {
     "platform": ("wasmkeep.cli.platform_cmd", "platform"),
     "config": ("wasmkeep.cli.config_cmd", "config"),
     "attest": ("wasmkeep.cli.attest_cmd", "attest"),
+    "steward": ("wasmkeep.cli.steward_cmd", "steward"),
 }
 
 
