@@ -1,11 +1,12 @@
 """The workload config: Enarx.toml, and the command-line flags that extend it.
 
 The format is the one Enarx reads (crate `enarx-config`), so one file serves
-both runtimes, plus two wasmkeep extensions, ``[[dirs]]`` and the TLS keys of
-sockets (``tls_min``, ``client_ca``, ``ca``)::
+both runtimes, plus wasmkeep extensions: ``[[dirs]]``, the TLS keys of
+sockets (``tls_min``, ``client_ca``, ``ca``) and ``steward_ca``::
 
     args = ["--foo", "bar"]              # argv after argv[0]
     steward = "https://steward.example"  # optional; http or https
+    steward_ca = "steward-ca.pem"        # wasmkeep: the Steward's CA certificates
     [env]                                # string -> string
     VAR = "value"
     [[files]]                            # guest fd = position in this array
@@ -32,7 +33,8 @@ when it is built (unique fd names, existing directories, the limits of
 :data:`wasmkeep.limits.DEFAULT_LIMITS`), so code that holds one may trust it.
 
 Files named by the config are read when it is loaded, relative to its directory:
-a ``[[dirs]]`` host must exist, and a CA file (``client_ca``, ``ca``) is read
+a ``[[dirs]]`` host must exist, and a CA file (``client_ca``, ``ca``,
+``steward_ca``) is read
 into the :class:`CaBundle` the host sends to the keep, which cannot read host
 files itself. The TLS keys are only for ``prot = "tls"``: on a ``tcp`` socket
 they are rejected rather than ignored. Enarx ignores them, so a file that relies
@@ -196,7 +198,9 @@ def _check_host(value: str) -> str:
 
 def _check_url(value: str) -> str:
     _check_text(value)
-    if any(char.isspace() or not char.isprintable() for char in value):
+    # ASCII only (an internationalized host in punycode, a path %-encoded): the
+    # keep sends the path as it is in its request line.
+    if not value.isascii() or any(char.isspace() or not char.isprintable() for char in value):
         raise _expected()
     try:
         parts = urlsplit(value)
@@ -205,6 +209,9 @@ def _check_url(value: str) -> str:
         raise _expected() from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _expected()
+    _check_host(parts.hostname)
+    if parts.username is not None or parts.password is not None:
+        raise _problem("must not hold a user name or password (user@host)")
     return value
 
 
@@ -601,8 +608,19 @@ class Config(_Model, frozen=True):
     args: tuple[_Text, ...] = ()
     env: _Env = Field(default_factory=lambda: MappingProxyType({}))
     steward: Annotated[StrictStr, AfterValidator(_check_url)] | None = None
+    #: wasmkeep extension: the Steward's CA certificates, anchors for both its
+    #: TLS server certificate and the chain it issues. None: the server is
+    #: checked against the keep's default store, and the chain must end in
+    #: the CA certificate the Steward sends.
+    steward_ca: CaBundle | None = None
     files: tuple[FileSpec, ...] = _DEFAULT_FILES
     dirs: tuple[DirSpec, ...] = ()
+
+    @field_validator("steward_ca", mode="before")
+    @classmethod
+    def _read_steward_ca(cls, value: object, info: ValidationInfo) -> object:
+        # Read now, like a socket's `ca`: the keep cannot read host files.
+        return None if value is None else _read_ca_bundle(value, info)
 
     @field_validator("files", mode="before")
     @classmethod
@@ -621,6 +639,9 @@ class Config(_Model, frozen=True):
 
     @model_validator(mode="after")
     def _check_whole(self) -> Config:
+        # 0. steward_ca without a steward would do nothing: rejected, not ignored.
+        if self.steward_ca is not None and self.steward is None:
+            raise _problem("only with a steward", at=("steward_ca",))
         # 1. FD names are unique: a workload finds its fd by name in FD_NAMES.
         first_with_name: dict[str, int] = {}
         for index, file in enumerate(self.files):
@@ -716,10 +737,45 @@ class Config(_Model, frozen=True):
             "args": (*self.args, *args),
             "env": new_env,
             "steward": self.steward,
+            "steward_ca": self.steward_ca,
             "files": self.files,
             "dirs": tuple(new_dirs),
         }
         return _validate(Config, combined, source="command line", base_dir=None)
+
+    def with_steward(self, steward: str | None = None, steward_ca: str | None = None) -> Config:
+        """This config with the Steward of the command line: `steward`
+        (``--steward URL``) and `steward_ca` (``--steward-ca FILE``, relative
+        to the current directory) replace the config's when given."""
+        new_steward, new_steward_ca = self.steward, self.steward_ca
+        if steward is not None:
+            source = f"--steward {quote(steward, limit=4096)}"
+            new_steward = _validate(
+                Config, {"steward": steward}, source=source, base_dir=None
+            ).steward
+        if steward_ca is not None:
+            new_steward_ca = _ca_flag(steward_ca, f"--steward-ca {quote(steward_ca, limit=4096)}")
+        if (new_steward, new_steward_ca) == (self.steward, self.steward_ca):
+            return self
+        combined = {
+            **{name: getattr(self, name) for name in type(self).model_fields},
+            "steward": new_steward,
+            "steward_ca": new_steward_ca,
+        }
+        return _validate(Config, combined, source="command line", base_dir=None)
+
+
+def _ca_flag(path: str, source: str) -> CaBundle:
+    """The CaBundle a command-line flag names (relative to the current directory)."""
+    from pydantic import BeforeValidator, TypeAdapter  # only for this flag: start-up time
+
+    if not path:
+        raise ConfigError(f"{source}: expected the path of a PEM file of CA certificates")
+    adapter = TypeAdapter(Annotated[CaBundle, BeforeValidator(_read_ca_bundle)])
+    try:
+        return adapter.validate_python(path, context={"base_dir": None})
+    except ValidationError as error:
+        raise _config_error(source, error) from None
 
 
 def default_config() -> Config:
@@ -840,6 +896,8 @@ def _expected_text(loc: tuple[str | int, ...]) -> str | None:
             return 'a non-empty variable name without "="'
         case ("steward",):
             return 'an http or https URL such as "https://steward.example.com"'
+        case ("steward_ca",):
+            return "the path of a PEM file of CA certificates"
         case ("files",) | ("dirs",):
             return "an array of tables"
         case ("files", int()) | ("dirs", int()):
@@ -883,9 +941,24 @@ EXAMPLE_CONFIG = """\
 # after the module are appended to these.
 #args = ["--verbose", "--threads=2"]
 
-# URL of a Steward (http or https): the keep proves what it runs to the
-# Steward (attestation) and receives a certificate for its TLS sockets.
+# URL of a Steward (http or https): before the workload starts, the keep makes
+# its key, proves to the Steward what it runs (attestation: evidence binding
+# that key and the workload's digest, in a certificate request POSTed to this
+# URL) and receives a certificate, which its TLS sockets then use. The host
+# opens the one connection to the Steward and relays bytes; TLS (https) ends
+# inside the keep. If the Steward cannot be reached or refuses, the run fails
+# before the workload starts. Without a steward the keep uses a self-signed
+# certificate.
 #steward = "https://steward.example.com"
+
+# steward_ca (a wasmkeep extension) names a PEM file of CA certificates,
+# relative to this file's directory (it must exist), read when this file is
+# loaded: the anchors for the Steward's TLS server certificate and for the
+# certificate chain it issues. Without it, an https Steward is checked against
+# the system's CA certificates and the chain must end in the CA certificate the
+# Steward sends; an http Steward requires it (nothing else would vouch for the
+# chain). For example (with a "#" before it removed):
+#     steward_ca = "steward-ca.pem"
 
 # Environment variables of the workload; `--env KEY=VALUE` adds or replaces one.
 # wasmkeep also sets FD_COUNT, the number of [[files]], and FD_NAMES, their

@@ -15,8 +15,10 @@ from wasmkeep.cli._errors import report_errors
 from wasmkeep.errors import ConfigError, Interrupted
 
 if TYPE_CHECKING:
+    from wasmkeep.host.executor import Executor
     from wasmkeep.keep.tls import KeepTls
     from wasmkeep.sallyport.types import KeepManifest
+    from wasmkeep.workload import Workload
 
 __all__ = ["exit_code", "run"]
 
@@ -104,6 +106,16 @@ def exit_code(status: int) -> int:
     help="Write the keep's TLS certificate (PEM) here, for clients to trust.",
 )
 @click.option(
+    "--steward",
+    metavar="URL",
+    help="Steward to obtain the keep's certificate from (replaces the config's `steward`).",
+)
+@click.option(
+    "--steward-ca",
+    metavar="FILE",
+    help="The Steward's CA certificates, PEM (replaces the config's `steward_ca`).",
+)
+@click.option(
     "--pin-cpu",
     default="auto",
     show_default=True,
@@ -125,6 +137,8 @@ def run(
     cpu_time: int | None,
     no_cache: bool,
     cert_out: str | None,
+    steward: str | None,
+    steward_ca: str | None,
     pin_cpu: str,
     keep_test_hook: str,
     module: str,
@@ -134,17 +148,20 @@ def run(
 
     The workload's exit status becomes wasmkeep's. Without --config the
     workload gets stdin, stdout and stderr, no environment and no files.
+    With a Steward (--steward or the config's `steward`) the keep obtains
+    its certificate before the workload starts, or the run fails (status 1).
     """
     from wasmkeep.host.setup import prepare_host
     from wasmkeep.workload import Workload
 
     limit = parse_size(max_memory)
     config = None
-    if config_path or env or dirs or readonly_dirs:
+    if config_path or env or dirs or readonly_dirs or steward or steward_ca:
         from wasmkeep.config import default_config, load_config
 
         config = load_config(config_path) if config_path else default_config()
         config = config.with_overrides(args=args, env=env, dirs=dirs, readonly_dirs=readonly_dirs)
+        config = config.with_steward(steward, steward_ca)
         args = ()  # now part of the config
     workload = Workload.from_file(module)
     backend = backend or _default_backend()
@@ -178,9 +195,8 @@ def run(
                     timeout=timeout,
                     cache=None if no_cache else ModuleCache.default(),
                 )
-                status = run_workload(
-                    workload, manifest, executor, run_options, tls=_nil_tls(manifest)
-                )
+                tls = _nil_tls(manifest, executor, workload)
+                status = run_workload(workload, manifest, executor, run_options, tls=tls)
     finally:
         executor.close_all()
     sys.exit(exit_code(status))
@@ -202,9 +218,16 @@ def _stop_on_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _nil_tls(manifest: KeepManifest) -> KeepTls | None:
+def _nil_tls(manifest: KeepManifest, executor: Executor, workload: Workload) -> KeepTls | None:
+    """The nil keep's TLS set-up; with a Steward, its enrolment, with the
+    executor as its host (the same keep code as a process keep's)."""
+    # Imported only when used: ssl, cryptography and evidence cost start-up time.
+    if manifest.steward is not None:
+        from wasmkeep.keep.enrol import keep_tls
+
+        return keep_tls(manifest, executor, workload_digest=workload.digest, backend="nil")
     if not any(info.tls for info in manifest.fds):
-        return None  # ssl and cryptography cost start-up time
+        return None
     from wasmkeep.keep.tls import prepare_tls
 
     return prepare_tls(manifest)

@@ -1,14 +1,22 @@
 """Turn a workload config into what a keep boots with: the host's handles for
-its files and directories (in an Executor) and the manifest naming them."""
+its files and directories (in an Executor) and the manifest naming them, and
+the one connection to the Steward when the config names one."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from wasmkeep.errors import ConfigError
+from wasmkeep.errors import ConfigError, WasmkeepError
 from wasmkeep.host.executor import Executor
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
-from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest, TlsParams
+from wasmkeep.sallyport.types import (
+    FileType,
+    HandleInfo,
+    HandleKind,
+    KeepManifest,
+    StewardParams,
+    TlsParams,
+)
 
 if TYPE_CHECKING:
     from wasmkeep.config import Config
@@ -25,6 +33,9 @@ class _Stdio(NamedTuple):
 _DEFAULT_FILES = (_Stdio("stdin", "stdin"), _Stdio("stdout", "stdout"), _Stdio("stderr", "stderr"))
 
 _STDIO_FDS = {HandleKind.STDIN: 0, HandleKind.STDOUT: 1, HandleKind.STDERR: 2}
+
+#: Seconds to wait for the Steward's TCP connection to open.
+STEWARD_CONNECT_TIMEOUT = 10.0
 
 
 def prepare_host(
@@ -79,6 +90,7 @@ def prepare_host(
                     read_only=directory.readonly,
                 )
             )
+        steward = _connect_steward(executor, config) if config and config.steward else None
     except BaseException:
         executor.close_all()
         raise
@@ -89,9 +101,47 @@ def prepare_host(
     else:
         env = tuple(config.env.items())
     manifest = KeepManifest(
-        args=(program, *(config.args if config else ()), *args), env=env, fds=tuple(fds)
+        args=(program, *(config.args if config else ()), *args),
+        env=env,
+        fds=tuple(fds),
+        steward=steward,
     )
     return executor, manifest
+
+
+def _connect_steward(executor: Executor, config: Config) -> StewardParams:
+    """Open the one connection the keep enrols over, and describe it to the keep.
+
+    The host resolves the name and connects; the keep speaks HTTP (inside TLS
+    for https) over it, the host relaying bytes. No other connection is ever
+    opened for the keep's enrolment, and the guest cannot name this one.
+    """
+    from urllib.parse import urlsplit
+
+    assert config.steward is not None
+    url = config.steward
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    if not https and config.steward_ca is None:
+        raise ConfigError(
+            f"steward {url}: an http Steward needs steward_ca (without TLS, only the "
+            "Steward's CA certificates can vouch for the chain it returns)",
+            hint="use an https URL, or name the Steward's CA file in steward_ca or --steward-ca",
+        )
+    host = parts.hostname
+    assert host is not None  # the config checked it
+    port = parts.port or (443 if https else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        handle = executor.add_connection(host, port, timeout=STEWARD_CONNECT_TIMEOUT)
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise WasmkeepError(
+            f"cannot reach the Steward at {url}: {reason}",
+            hint="is the Steward running? `steward` in the config or --steward names it",
+        ) from None
+    bundle = config.steward_ca
+    return StewardParams(handle, https, host, port, path, bundle.pem if bundle else None)
 
 
 def _open_socket(executor: Executor, index: int, spec: object) -> int:

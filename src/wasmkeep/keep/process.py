@@ -6,15 +6,19 @@ through it:
 
 1. enter fresh namespaces (`lockdown.isolate`; this process becomes PID 1),
 2. receive BOOT: the workload, its manifest and limits,
-3. swap the file system for an empty one (`lockdown.empty_root`),
-4. compile and instantiate the workload (no compile cache: compiled code from
+3. with a Steward in the manifest, enrol (`keep/enrol.py`): digest the module,
+   make the key, collect evidence (it may read /sys or /dev), and obtain the
+   certificate over sallyport; then make the TLS contexts (they load the key
+   and trust anchors from files): all of it while a file system is there,
+4. swap the file system for an empty one (`lockdown.empty_root`),
+5. compile and instantiate the workload (no compile cache: compiled code from
    the host would be code the host chose),
-5. seal: limits, no capabilities, no_new_privs, Landlock, seccomp,
-6. run it, with every host operation a sallyport request,
-7. send EXIT with how it ended, and exit.
+6. seal: limits, no capabilities, no_new_privs, Landlock, seccomp,
+7. run it, with every host operation a sallyport request,
+8. send EXIT with how it ended, and exit.
 
-Every module the keep will need is imported up front: after step 3 there is
-no file system to import from, and after step 5 opening a file kills the
+Every module the keep will need is imported up front: after step 4 there is
+no file system to import from, and after step 6 opening a file kills the
 process. For the same reason failures are reported by message, never with a
 formatted traceback (which reads source files).
 """
@@ -98,18 +102,29 @@ def _keep(channel: Channel) -> Exit:
         boot = Boot.decode(frame.payload)
     except ProtocolError as error:
         raise HostProtocolViolation(f"BOOT: {error}") from None
-    # TLS needs files (the default trust store; ssl loads keys from files):
-    # everything TLS is made now, while the keep still has a file system.
-    # (Imported only when used: ssl and cryptography cost start-up time.)
+    manifest = boot.manifest
+    # The digest is the keep's own, of the bytes it will compile and run.
+    workload = Workload(boot.name, boot.wasm)
+    handles = [info.handle for info in manifest.fds]
+    if manifest.steward is not None:
+        handles.append(manifest.steward.handle)  # closed once enrolled
+    host = SallyportHost(channel, handles)
+    # TLS needs files (evidence from /sys or /dev, the default trust store; ssl
+    # loads keys from files): enrolment and everything TLS happen now, while
+    # the keep still has a file system, and no guest code has run. (Imported
+    # only when used: ssl and cryptography cost start-up time.)
     tls = None
-    if any(info.tls is not None for info in boot.manifest.fds):
+    if manifest.steward is not None:
+        from wasmkeep.keep.enrol import keep_tls
+
+        tls = keep_tls(manifest, host, workload_digest=workload.digest, backend="process")
+    elif any(info.tls is not None for info in manifest.fds):
         from wasmkeep.keep.tls import prepare_tls
 
-        tls = prepare_tls(boot.manifest)
+        tls = prepare_tls(manifest)
     _silence_stdio()
     lockdown.empty_root()
 
-    host = SallyportHost(channel, (info.handle for info in boot.manifest.fds))
     options = RunOptions(
         max_memory=boot.max_memory,
         timeout=None if boot.timeout_ns is None else boot.timeout_ns / 1e9,
@@ -117,7 +132,7 @@ def _keep(channel: Channel) -> Exit:
         settings=EngineSettings(parallel_compilation=False),
         interrupt_host_calls=False,
     )
-    prepared = PreparedRun(Workload(boot.name, boot.wasm), boot.manifest, host, options, tls)
+    prepared = PreparedRun(workload, manifest, host, options, tls)
     lockdown.seal(
         channel.fd,
         memory_bytes=boot.max_memory + RUNTIME_ALLOWANCE + 4 * len(boot.wasm),

@@ -5,11 +5,11 @@ Python's `ssl` over memory BIOs: the host relays ciphertext, and neither the
 private key nor any plaintext ever crosses sallyport.
 
 The keep's identity is a key pair made inside the keep at boot (ECDSA P-256)
-and, until a Steward issues one, a self-signed certificate for it; the
-certificate (public) is published to the host so that clients can be told to
-trust it. Everything that reads files (the default trust store, loading the
-key into a context) happens in :func:`prepare_tls`, before the keep gives up
-its file system.
+and a certificate for it: issued by the Steward when the config names one
+(`keep/enrol.py`), else self-signed. The certificate (public) is published to
+the host so that clients can be told to trust it. Everything that reads files
+(the default trust store, loading the key into a context) happens in
+:func:`prepare_tls`, before the keep gives up its file system.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import ipaddress
 import os
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -33,7 +33,14 @@ from wasmkeep.keep.wasi.streams import LINGER_SECONDS, OUTBOX_LIMIT
 from wasmkeep.sallyport.calls import POLL_WRITE, HostCalls
 from wasmkeep.sallyport.types import Errno, HandleKind, HostError, KeepManifest
 
-__all__ = ["Identity", "KeepTls", "TlsStream", "prepare_tls"]
+__all__ = [
+    "Identity",
+    "KeepTls",
+    "TlsStream",
+    "keep_names",
+    "prepare_tls",
+    "subject_alternative_name",
+]
 
 #: Ciphertext asked of the host at a time: a TLS record is at most ~16 KiB.
 _RECEIVE = 64 * 1024
@@ -44,22 +51,44 @@ _VALIDITY = datetime.timedelta(days=1)
 
 @dataclass(frozen=True)
 class Identity:
-    """The keep's key pair and certificate chain (PEM). The key stays in the keep."""
+    """The keep's key pair and certificate chain (PEM). The key stays in the keep.
+
+    `chain_pem` is the keep's certificate first, then the certificates that
+    issued it (none when self-signed).
+    """
 
     key_pem: bytes
     chain_pem: bytes
 
+    @staticmethod
+    def new_key() -> ec.EllipticCurvePrivateKey:
+        """A fresh key pair, made here; the key exists before any certificate
+        does (a Steward certifies it only after seeing evidence that binds it)."""
+        return ec.generate_private_key(ec.SECP256R1())
+
     @classmethod
-    def self_signed(cls, names: Iterable[str], subject: str = "wasmkeep keep") -> Identity:
-        key = ec.generate_private_key(ec.SECP256R1())
+    def from_key(
+        cls, key: ec.EllipticCurvePrivateKey, chain: Sequence[x509.Certificate]
+    ) -> Identity:
+        """`key` with its certificate chain (the key's certificate first)."""
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        chain_pem = b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in chain)
+        return cls(key_pem, chain_pem)
+
+    @classmethod
+    def self_signed(
+        cls,
+        names: Iterable[str],
+        subject: str = "wasmkeep keep",
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> Identity:
+        key = key if key is not None else cls.new_key()
         now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        alternative: list[x509.GeneralName] = []
-        for entry in dict.fromkeys(names):
-            try:
-                alternative.append(x509.IPAddress(ipaddress.ip_address(entry)))
-            except ValueError:
-                alternative.append(x509.DNSName(entry))
         certificate = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -68,7 +97,7 @@ class Identity:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+            .add_extension(subject_alternative_name(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
@@ -78,12 +107,7 @@ class Identity:
             )
             .sign(key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return cls(key_pem, certificate.public_bytes(serialization.Encoding.PEM))
+        return cls.from_key(key, [certificate])
 
     def load_into(self, context: ssl.SSLContext) -> None:
         """ssl reads a key only from a file: give it an anonymous in-memory one."""
@@ -103,9 +127,9 @@ class KeepTls:
     contexts: dict[int, ssl.SSLContext]
 
 
-def _names() -> list[str]:
-    """Names clients may reach the keep by on this machine. (A Steward-issued
-    certificate, later, carries the names the operator configures.)"""
+def keep_names() -> list[str]:
+    """Names clients may reach the keep by on this machine: what the keep's
+    certificate is for (self-signed, or asked of the Steward)."""
     names = ["localhost", "127.0.0.1", "::1"]
     node = os.uname().nodename
     labels = node.split(".")
@@ -114,12 +138,26 @@ def _names() -> list[str]:
     return names
 
 
-def prepare_tls(manifest: KeepManifest) -> KeepTls | None:
-    """The keep's identity and contexts, or None when no socket uses TLS."""
+def subject_alternative_name(names: Iterable[str]) -> x509.SubjectAlternativeName:
+    """The SAN extension for `names`: IP addresses as such, the rest as DNS names."""
+    alternative: list[x509.GeneralName] = []
+    for entry in dict.fromkeys(names):
+        try:
+            alternative.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            alternative.append(x509.DNSName(entry))
+    return x509.SubjectAlternativeName(alternative)
+
+
+def prepare_tls(manifest: KeepManifest, identity: Identity | None = None) -> KeepTls | None:
+    """The keep's contexts for its TLS sockets, with `identity` (default: a
+    self-signed one made now); None when no socket uses TLS and no identity
+    was given (a Steward-issued identity is kept, and published, regardless)."""
     tls_fds = [info for info in manifest.fds if info.tls is not None]
-    if not tls_fds:
+    if not tls_fds and identity is None:
         return None
-    identity = Identity.self_signed(_names())
+    if identity is None:
+        identity = Identity.self_signed(keep_names())
     contexts: dict[int, ssl.SSLContext] = {}
     for info in tls_fds:
         assert info.tls is not None

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from wasmkeep.limits import DEFAULT_LIMITS, Limits
 from wasmkeep.sallyport.codec import ProtocolError, Reader, Writer
-from wasmkeep.sallyport.types import FileType, HandleInfo, HandleKind, KeepManifest, TlsParams
+from wasmkeep.sallyport.types import (
+    FileType,
+    HandleInfo,
+    HandleKind,
+    KeepManifest,
+    StewardParams,
+    TlsParams,
+)
 
 __all__ = ["Boot", "Exit", "Outcome", "boot_payload_limit"]
 
@@ -21,9 +28,11 @@ _KINDS = list(HandleKind)
 
 def boot_payload_limit(limits: Limits = DEFAULT_LIMITS) -> int:
     """The largest BOOT frame: a module of the largest size, its arguments,
-    environment and fds."""
+    environment and fds, and the Steward's CA certificates."""
     fds = limits.max_config_files + limits.max_preopens
-    return limits.max_module_size + 4 * limits.max_args_bytes + fds * limits.max_ca_bundle_size
+    return (
+        limits.max_module_size + 4 * limits.max_args_bytes + (fds + 1) * limits.max_ca_bundle_size
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class Boot:
             writer.u32(info.handle).u8(_KINDS.index(info.kind)).u8(info.filetype)
             writer.text(info.name).text(info.guest_path).u8(1 if info.read_only else 0)
             _encode_tls(writer, info.tls)
+        _encode_steward(writer, self.manifest.steward)
         writer.u64(self.max_memory)
         writer.u8(0 if self.timeout_ns is None else 1).u64(self.timeout_ns or 0)
         writer.u8(0 if self.cpu_seconds is None else 1).u64(self.cpu_seconds or 0)
@@ -96,6 +106,14 @@ class Boot:
                     tls=_decode_tls(reader, limits),
                 )
             )
+        steward = _decode_steward(reader, limits)
+        handles = [info.handle for info in fds]
+        if steward is not None:
+            handles.append(steward.handle)
+        # One handle, one use: a Steward connection that is also a guest's fd,
+        # or two fds on one socket, would mix streams the keep keeps apart.
+        if len(set(handles)) != len(handles):
+            raise ProtocolError("a handle is given twice")
         max_memory = reader.u64("max memory")
         has_timeout, timeout = reader.bool("timeout flag"), reader.u64("timeout")
         has_cpu, cpu = reader.bool("cpu limit flag"), reader.u64("cpu limit")
@@ -106,7 +124,7 @@ class Boot:
         return cls(
             name=name,
             wasm=wasm,
-            manifest=KeepManifest(args=args, env=env, fds=tuple(fds)),
+            manifest=KeepManifest(args=args, env=env, fds=tuple(fds), steward=steward),
             max_memory=max_memory,
             timeout_ns=timeout if has_timeout else None,
             cpu_seconds=cpu if has_cpu else None,
@@ -132,6 +150,31 @@ def _decode_tls(reader: Reader, limits: Limits) -> TlsParams | None:
     has_ca = reader.bool("CA flag")
     ca_pem = reader.blob("CA bundle", limits.max_ca_bundle_size)
     return TlsParams(min_version, ca_pem if has_ca else None, server_name)
+
+
+def _encode_steward(writer: Writer, steward: StewardParams | None) -> None:
+    if steward is None:
+        writer.u8(0)
+        return
+    writer.u8(1).u32(steward.handle).u8(1 if steward.https else 0)
+    writer.text(steward.host).u16(steward.port).text(steward.path)
+    writer.u8(0 if steward.ca_pem is None else 1).blob(steward.ca_pem or b"")
+
+
+def _decode_steward(reader: Reader, limits: Limits) -> StewardParams | None:
+    if not reader.bool("steward flag"):
+        return None
+    handle = reader.u32("steward handle")
+    https = reader.bool("steward https flag")
+    host = reader.text("steward host", 253)
+    port = reader.u16("steward port")
+    path = reader.text("steward path", 2048)
+    has_ca = reader.bool("steward CA flag")
+    ca_pem = reader.blob("steward CA bundle", limits.max_ca_bundle_size)
+    try:
+        return StewardParams(handle, https, host, port, path, ca_pem if has_ca else None)
+    except ValueError as error:
+        raise ProtocolError(f"steward: {error}") from None
 
 
 def _os_bytes(text: str) -> bytes:

@@ -8,6 +8,8 @@ same thing on every host OS and needs no translation inside the keep.
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -22,6 +24,7 @@ __all__ = [
     "HostError",
     "KeepManifest",
     "PollResult",
+    "StewardParams",
 ]
 
 
@@ -236,14 +239,85 @@ class HandleInfo:
     tls: TlsParams | None = None
 
 
+# A DNS name as the config accepts it (ASCII labels, '_' allowed), or an IP literal.
+_STEWARD_HOST = re.compile(r"[A-Za-z0-9_.-]{1,253}")
+# A request target: an absolute path (and query), visible ASCII only, so that
+# nothing in it can end the request line or add a header.
+_STEWARD_PATH = re.compile(r"/[\x21-\x7e]{0,2047}")
+
+
+@dataclass(frozen=True, slots=True)
+class StewardParams:
+    """The Steward a keep obtains its certificate from, and the one connection
+    to it the host opened before the keep started (the keep's enrolment).
+
+    All of it is public configuration sent by the host: `handle` is a TCP
+    connection to `host`:`port` over which the host relays bytes and nothing
+    else; the keep speaks HTTP to `path` over it, inside TLS when `https`
+    (terminated in the keep, the server checked against `ca_pem`, else the
+    keep's default store, and its name against `host`). `ca_pem` also holds
+    the anchors the returned chain must reach. An ``http`` Steward comes with
+    `ca_pem`, or the chain it returns could not be authenticated at all.
+
+    Checked when built (ValueError): a host name or IP literal, a port, a path
+    that cannot smuggle anything into the request.
+    """
+
+    handle: int
+    https: bool
+    host: str
+    port: int
+    path: str = "/"
+    ca_pem: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.handle <= 0xFFFFFFFF:
+            raise ValueError(f"handle {self.handle} is out of range")
+        if ":" in self.host:
+            try:
+                ipaddress.IPv6Address(self.host)
+            except ValueError:
+                raise ValueError(f"host {self.host[:80]!r} is not an IPv6 address") from None
+        elif not _STEWARD_HOST.fullmatch(self.host) or ".." in self.host:
+            raise ValueError(f"host {self.host[:80]!r} is not a host name or IP address")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is out of range")
+        if not _STEWARD_PATH.fullmatch(self.path):
+            raise ValueError(
+                f"path {self.path[:80]!r} must start with / and hold only visible ASCII"
+            )
+        if not self.https and self.ca_pem is None:
+            raise ValueError("an http Steward needs its CA certificates (steward_ca)")
+
+    @property
+    def url(self) -> str:
+        """The Steward's URL, for messages."""
+        return f"{'https' if self.https else 'http'}://{self.authority}{self.path}"
+
+    @property
+    def _bracketed(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def authority(self) -> str:
+        """The Host header: the host (an IPv6 address in brackets), and the
+        port unless it is the scheme's default."""
+        default = 443 if self.https else 80
+        return self._bracketed if self.port == default else f"{self._bracketed}:{self.port}"
+
+
 @dataclass(frozen=True, slots=True)
 class KeepManifest:
-    """What the host tells a keep at boot: the guest's argv, environ and fds.
+    """What the host tells a keep at boot: the guest's argv, environ and fds,
+    and the Steward to enrol with, if the config names one.
 
     Guest fd `i` is `fds[i]`: the config's `files` first (fd = array index, as
-    in Enarx), then the preopened directories.
+    in Enarx), then the preopened directories. The Steward's connection is
+    not a guest fd: the guest cannot name it, and the keep closes it once
+    enrolled.
     """
 
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     fds: tuple[HandleInfo, ...] = field(default_factory=tuple)
+    steward: StewardParams | None = None
