@@ -542,6 +542,14 @@ PUBLIC = {
         "name_text",
     ],
     "wasmkeep.steward.service": ["Clock", "Decision", "Steward", "utc_now"],
+    "wasmkeep.steward.inspect": [
+        "CLAIM_FIELDS",
+        "MAX_CERTIFICATE_FILE",
+        "Inspection",
+        "inspect_certificate",
+        "read_certificates",
+        "read_claims",
+    ],
     "wasmkeep.steward.app": [
         "PKCS10",
         "PKIPATH",

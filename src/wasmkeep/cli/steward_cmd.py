@@ -14,6 +14,7 @@ SIGTERM or Ctrl-C stops it gracefully (exit status 0).
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import re
 import signal
@@ -207,3 +208,134 @@ def _log_decisions() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+@steward.command()
+@click.argument("certificate", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option(
+    "--ca",
+    "ca_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The Steward's CA certificate(s) to check the certificate against.",
+)
+@click.option(
+    "--workload",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The module the claims must name (its SHA-256 digest).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead.")
+@report_errors
+def inspect(certificate: Path, ca_path: Path | None, workload: Path | None, as_json: bool) -> None:
+    """Show a keep's certificate and the claims its Steward verified.
+
+    CERTIFICATE is a PEM file (a chain: the keep's certificate first, as
+    `run --cert-out` writes it or `openssl s_client -showcerts` prints it),
+    a DER certificate, or - for standard input. Exit status 0 when every
+    check made passed, 1 when one failed, 2 for unreadable input.
+    """
+    from wasmkeep.steward.inspect import (
+        MAX_CERTIFICATE_FILE,
+        inspect_certificate,
+        read_certificates,
+    )
+
+    data = _read_input(certificate, MAX_CERTIFICATE_FILE)
+    chain = read_certificates(data, _input_name(certificate))
+    anchors = []
+    if ca_path is not None:
+        anchors = read_certificates(_read_input(ca_path, MAX_CERTIFICATE_FILE), shown(ca_path))
+    digest = None
+    if workload is not None:
+        from wasmkeep.workload import Workload
+
+        digest = Workload.from_file(workload).digest
+    now = datetime.datetime.now(datetime.UTC)
+    inspection = inspect_certificate(chain, anchors=anchors, workload_digest=digest, now=now)
+    if as_json:
+        _print_inspection_json(inspection)
+    else:
+        _print_inspection(inspection)
+    sys.exit(0 if inspection.passed else 1)
+
+
+def _read_input(path: Path, limit: int) -> bytes:
+    """A file's bytes, or standard input's for ``-``; ConfigError naming it otherwise."""
+    try:
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with path.open("rb") as file:
+                data = file.read(limit + 1)
+    except OSError as error:
+        raise ConfigError(f"cannot read {shown(path)}: {error.strerror or error}") from None
+    return data
+
+
+def _certificate_rows(certificate: Any) -> list[tuple[str, str]]:
+    from cryptography import x509
+
+    def iso(moment: datetime.datetime) -> str:
+        return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    rows = [
+        ("subject", certificate.subject.rfc4514_string()),
+        ("issuer", certificate.issuer.rfc4514_string()),
+        ("serial", f"{certificate.serial_number:x}"),
+        (
+            "valid",
+            f"{iso(certificate.not_valid_before_utc)} to {iso(certificate.not_valid_after_utc)}",
+        ),
+    ]
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        rows.append(("names", ", ".join(str(name.value) for name in names)))
+    except x509.ExtensionNotFound:
+        rows.append(("names", "none"))
+    return rows
+
+
+def _print_inspection(inspection: Any) -> None:
+    # Imported here: rich is slow to import and only this output needs it.
+    from rich.console import Console
+    from rich.table import Table
+
+    from wasmkeep.cli._terminal import check_marks
+
+    def two_columns(title: str, rows: Any) -> Table:
+        table = Table(title=title, title_justify="left", show_header=False)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")  # digests are read whole, never cut
+        for name, value in rows:
+            table.add_row(name, value)
+        return table
+
+    console = Console(highlight=False)
+    console.print(two_columns("certificate", _certificate_rows(inspection.certificate)))
+    if inspection.claims is not None:
+        rows = [(name, json.dumps(value).strip('"')) for name, value in inspection.claims.items()]
+        console.print(two_columns("claims (verified by the Steward)", rows))
+    passed_mark, failed_mark = check_marks()
+    checks = Table(title="checks", title_justify="left")
+    checks.add_column("check", no_wrap=True)
+    checks.add_column("")
+    checks.add_column("detail", overflow="fold")
+    for check in inspection.checks:
+        checks.add_row(check.name, passed_mark if check.passed else failed_mark, check.detail)
+    console.print(checks)
+
+
+def _print_inspection_json(inspection: Any) -> None:
+    document = {
+        "certificate": dict(_certificate_rows(inspection.certificate)),
+        "claims": None if inspection.claims is None else dict(inspection.claims),
+        "checks": [
+            {"name": check.name, "passed": check.passed, "detail": check.detail}
+            for check in inspection.checks
+        ],
+        "passed": inspection.passed,
+    }
+    click.echo(json.dumps(document, indent=2))
+
+
+def _input_name(path: Path) -> str:
+    return "standard input" if str(path) == "-" else shown(path)
