@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from _harness import (
@@ -133,16 +133,11 @@ CONTENDERS = ["direct", *(name for name, _, _ in SERVED)]
 
 
 def software_csrs(count: int) -> list[tuple[bytes, bytes]]:
-    """`count` wasmkeep CSRs with software evidence: (DER, the key's SPKI)."""
-    from wasmkeep.attestation.keep_csr import (
-        EVIDENCE_OID,
-        WORKLOAD_DIGEST_OID,
-        EvidenceForm,
-        KeepEvidence,
-        encode_evidence,
-        encode_workload_digest,
-    )
+    """`count` CSRs as process keeps make them (keep/enrol.py's build_csr, with
+    software evidence): (DER, the key's SPKI)."""
+    from wasmkeep.attestation.keep_csr import EvidenceForm, KeepEvidence
     from wasmkeep.attestation.software import SoftwareEvidence, report_data
+    from wasmkeep.keep.enrol import build_csr
 
     made = []
     for _ in range(count):
@@ -151,26 +146,8 @@ def software_csrs(count: int) -> list[tuple[bytes, bytes]]:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         evidence = SoftwareEvidence("process", report_data(spki, DIGEST), os.urandom(16), DIGEST)
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .add_extension(
-                x509.UnrecognizedExtension(
-                    x509.ObjectIdentifier(EVIDENCE_OID),
-                    encode_evidence(KeepEvidence(EvidenceForm.SOFTWARE, evidence.encode())),
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.UnrecognizedExtension(
-                    x509.ObjectIdentifier(WORKLOAD_DIGEST_OID), encode_workload_digest(DIGEST)
-                ),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("keep.example")]), False)
-            .sign(key, hashes.SHA256())
-        )
-        made.append((csr.public_bytes(serialization.Encoding.DER), spki))
+        keep_evidence = KeepEvidence(EvidenceForm.SOFTWARE, evidence.encode())
+        made.append((build_csr(key, keep_evidence, DIGEST, ["keep.example"]), spki))
     return made
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -143,7 +144,12 @@ class Served:
     def stop(self) -> tuple[int, bytes, bytes]:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        stdout, stderr = self.process.communicate(timeout=30)
+        try:
+            stdout, stderr = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
         return self.process.returncode, stdout, stderr
 
 
@@ -156,8 +162,10 @@ def serve(
     *,
     backend: str,
     args: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
 ) -> Iterator[Served]:
-    """`wasmkeep run` of a server, ready once its port accepts connections."""
+    """`wasmkeep run` of a server, ready once its port accepts connections;
+    `options` go to `run` before the module, `args` to the workload."""
     config_file = directory / f"Enarx-{port}.toml"
     config_file.write_text(config)
     cert = directory / f"keep-{port}.pem"
@@ -172,6 +180,7 @@ def serve(
             str(config_file),
             "--cert-out",
             str(cert),
+            *options,
             str(module),
             *args,
         ],
@@ -200,5 +209,29 @@ def serve(
 def _accepts(port: int) -> bool:
     # Probing with a connection would be a client the server must serve:
     # the host listens before the keep starts, so ask the kernel instead.
-    listening = Path("/proc/net/tcp").read_text()
-    return f":{port:04X} 00000000:0000 0A" in listening
+    pattern = re.compile(rf":{port:04X} [0-9A-F]+:0000 0A ")
+    return any(
+        pattern.search(Path(table).read_text()) for table in ("/proc/net/tcp", "/proc/net/tcp6")
+    )
+
+
+@contextmanager
+def openssl_server(port: int, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`openssl s_server` on `port` for one client, answering with a page that
+    shows the TLS session (-www), with `options`; yielded once it listens."""
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-naccept", "1", "-www", *options],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _accepts(port):
+            assert server.poll() is None, "openssl s_server exited"
+            assert time.monotonic() < deadline, "openssl s_server did not start"
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.kill()
+        server.wait()

@@ -13,7 +13,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import run_wasmkeep
-from tests.network import free_port, listen_config, serve, stdio_files
+from tests.network import free_port, listen_config, openssl_server, serve, stdio_files
 from tests.steward_double import (
     Answer,
     Authority,
@@ -154,24 +153,11 @@ def test_connections_present_the_steward_certificate(
     """openssl s_server requires a client certificate from the Steward's CA."""
     port = free_port()
     server_cert, server_key = ca.server_files(tmp_path)
-    server = subprocess.Popen(
-        [
-            *("openssl", "s_server", "-accept", str(port), "-naccept", "1", "-www"),
-            *("-cert", str(server_cert), "-key", str(server_key)),
-            *("-Verify", "1", "-CAfile", str(ca.pem), "-verify_return_error"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    openssl_options = (
+        *("-cert", str(server_cert), "-key", str(server_key)),
+        *("-Verify", "1", "-CAfile", str(ca.pem), "-verify_return_error"),
     )
-    try:
-        deadline = time.monotonic() + 10
-        while (
-            f":{port:04X} "
-            not in Path("/proc/net/tcp6").read_text() + Path("/proc/net/tcp").read_text()
-        ):
-            assert time.monotonic() < deadline, "openssl s_server did not start"
-            time.sleep(0.05)
+    with openssl_server(port, *openssl_options):
         config = tmp_path / "client.toml"
         config.write_text(
             steward_lines(steward, ca)
@@ -185,11 +171,8 @@ def test_connections_present_the_steward_certificate(
                 *(str(example("http-client")), "SERVER", "/", "localhost"),
             ]
         )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith(b"HTTP/1.0 200 ok")
-    finally:
-        server.kill()
-        server.wait()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"HTTP/1.0 200 ok")
     (received,) = steward.received
     page = result.stdout.replace(b"\r\n", b"\n")
     shown = page[page.index(b"-----BEGIN CERTIFICATE-----") :]

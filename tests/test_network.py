@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_wasmkeep
-from tests.network import TestCA, free_port, listen_config, make_ca, serve, stdio_files
+from tests.network import (
+    TestCA,
+    free_port,
+    listen_config,
+    make_ca,
+    openssl_server,
+    serve,
+    stdio_files,
+)
 
 Build = Callable[[str], Path]
 BODY = b"Hello from inside a keep!\n"
@@ -280,34 +288,17 @@ def test_connect_presents_the_keeps_certificate(
 ) -> None:
     """openssl s_server asks for a client certificate and shows it in its page."""
     port = free_port()
-    server = subprocess.Popen(
-        [
-            *("openssl", "s_server", "-accept", str(port), "-naccept", "1", "-www"),
-            *("-cert", str(ca.server.cert), "-key", str(ca.server.key), "-verify", "1"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while (
-            f":{port:04X} "
-            not in Path("/proc/net/tcp6").read_text() + Path("/proc/net/tcp").read_text()
-        ):
-            assert time.monotonic() < deadline, "openssl s_server did not start"
-            time.sleep(0.05)
+    with openssl_server(
+        port, *("-cert", str(ca.server.cert), "-key", str(ca.server.key), "-verify", "1")
+    ):
         config = tmp_path / "client.toml"
         config.write_text(_client_config(port, ca.cert))
         cert_out = tmp_path / "keep.pem"
         result = _run_client(backend, config, example, "--cert-out", str(cert_out))
-        assert result.returncode == 0, result.stderr
-        keep_certificate = cert_out.read_bytes().strip()
-        assert keep_certificate.startswith(b"-----BEGIN CERTIFICATE-----")
-        assert keep_certificate in result.stdout.replace(b"\r\n", b"\n")
-    finally:
-        server.kill()
-        server.wait()
+    assert result.returncode == 0, result.stderr
+    keep_certificate = cert_out.read_bytes().strip()
+    assert keep_certificate.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert keep_certificate in result.stdout.replace(b"\r\n", b"\n")
 
 
 def test_a_socket_that_cannot_be_opened_is_a_config_error(

@@ -46,6 +46,7 @@ __all__ = [
     "CA_CERT_FILE",
     "CA_KEY_FILE",
     "CURVES",
+    "LEAF_KEY_USAGE",
     "PASSPHRASE_ENV",
     "CertificateAuthority",
     "generate_ca",
@@ -74,6 +75,19 @@ SERVER_LIFETIME = datetime.timedelta(days=397)
 _MAX_FILE = 64 * 1024
 #: Certificates start a little before "now", for clients whose clock is behind.
 BACKDATE = datetime.timedelta(minutes=1)
+#: The key usage of every end-entity certificate the CA signs (the Steward's
+#: TLS server, keeps): signatures only, never certificates or CRLs.
+LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,17 +467,7 @@ def server_credentials(
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            LEAF_KEY_USAGE,
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -39,7 +39,7 @@ from wasmkeep.attestation import der
 from wasmkeep.attestation.appraise import Appraisal
 from wasmkeep.attestation.keep_csr import CLAIMS_OID
 from wasmkeep.attestation.verdict import Check
-from wasmkeep.steward.ca import BACKDATE, CertificateAuthority
+from wasmkeep.steward.ca import BACKDATE, LEAF_KEY_USAGE, CertificateAuthority
 from wasmkeep.steward.limits import DEFAULT_STEWARD_LIMITS, StewardLimits
 
 __all__ = [
@@ -249,17 +249,7 @@ def issue(
         .not_valid_after(min(now + lifetime, ca.not_valid_after))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            LEAF_KEY_USAGE,
             critical=True,
         )
         .add_extension(
