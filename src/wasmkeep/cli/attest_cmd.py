@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from wasmkeep.attestation.snp import SnpReport
     from wasmkeep.attestation.verdict import Claims, Verdict
 
-__all__ = ["attest"]
+__all__ = ["attest", "read_collateral"]
 
 #: "enarx-csr" and "wasmkeep-csr" both read any keep's CSR; the output names
 #: the kind found.
@@ -392,7 +392,7 @@ def _verify_quote(request: _Request, tee: str) -> Verdict:
         raise EvidenceFormatError(f"{request.source}: a {quote.tee.value} quote, not {tee}")
     return verify_quote(
         quote,
-        _read_collateral(request.collateral),
+        read_collateral(request.collateral),
         now=request.now,
         expected_report_data=request.expected,
     )
@@ -405,7 +405,7 @@ def _appraise_csr(request: _Request, policy: Policy) -> tuple[Verdict, str, str 
     from wasmkeep.attestation.errors import EvidenceFormatError
 
     given = _given_amd(request)
-    collateral = _read_collateral(request.collateral) if request.collateral else None
+    collateral = read_collateral(request.collateral) if request.collateral else None
     try:
         appraisal = appraise_csr(
             request.data,
@@ -487,7 +487,7 @@ def _read_pki(
     return certificates, crls
 
 
-def _read_collateral(paths: Sequence[Path]) -> Collateral:
+def read_collateral(paths: Sequence[Path]) -> Collateral:
     """Collateral from files, merged: dcap-qvl's one-file JSON, a PCS TCB Info
     or QE Identity response, a CRL (root CA's or a PCK CA's), an issuer chain."""
     from wasmkeep.attestation.dcap import (

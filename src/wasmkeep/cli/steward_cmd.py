@@ -143,9 +143,9 @@ def serve(
     policy = load_policy(policy_path) if policy_path is not None else default_policy()
     merged = None
     if collateral:
-        from wasmkeep.cli.attest_cmd import _read_collateral
+        from wasmkeep.cli.attest_cmd import read_collateral
 
-        merged = _read_collateral(collateral)
+        merged = read_collateral(collateral)
     now = datetime.datetime.now(datetime.UTC)
     passphrase = read_passphrase(ca_passphrase_file)
     if ca_dir is not None:
