@@ -378,7 +378,7 @@ def test_a_csr_without_evidence_is_malformed() -> None:
 # -- `wasmkeep steward serve` -----------------------------------------------------------------
 
 
-def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_steward(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*wasmkeep_command(), "steward", "serve", *args],
         stdout=subprocess.PIPE,
@@ -391,7 +391,7 @@ def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
 def test_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("a passphrase\n")
-    process = _start(
+    process = start_steward(
         ["--generate-ca", str(tmp_path / "ca"), "--ca-passphrase-file", str(passphrase),
          "--port", "0", "--policy", str(_policy_file(tmp_path))]
     )  # fmt: skip
@@ -430,7 +430,7 @@ def test_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "ca" / "ca.key").stat().st_mode) == 0o600
 
     # Started again: the same CA, reused.
-    process = _start(
+    process = start_steward(
         ["--generate-ca", str(tmp_path / "ca"), "--port", "0"],
         env={ca_module.PASSPHRASE_ENV: "a passphrase"},
     )
