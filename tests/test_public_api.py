@@ -37,6 +37,8 @@ PUBLIC = {
     ],
     "wasmkeep.limits": ["DEFAULT_LIMITS", "Limits"],
     "wasmkeep.sallyport.calls": ["FDFLAGS", "HostCalls", "OFLAGS", "POLL_READ", "POLL_WRITE"],
+    "wasmkeep.keep.session": ["RUNTIME_ALLOWANCE", "KeepPlatform", "run_keep"],
+    "wasmkeep.keep.process": ["PROCESS_KEEP", "main"],
     "wasmkeep.keep.runtime": ["PreparedRun", "RunOptions", "check_interface", "run_workload"],
     "wasmkeep.host.executor": ["Executor", "KeepHungUp", "errno_of"],
     "wasmkeep.host.setup": ["prepare_host"],
