@@ -111,10 +111,12 @@ def tsm_reader(provider: str) -> Callable[[Path], str]:
     return lambda report_dir: _probes.read_tsm_provider(report_dir, mkdir=mkdir, rmdir=rmdir)
 
 
-def test_backends_are_reported_in_order_and_nil_and_process_are_implemented(tmp_path: Path) -> None:
+def test_backends_are_reported_in_order_and_nil_process_and_vm_are_implemented(
+    tmp_path: Path,
+) -> None:
     reports = probe_platform(tmp_path, stub_probes())
     assert [r.name for r in reports] == ["nil", "process", "vm", "snp", "tdx", "sgx"]
-    assert [r.name for r in reports if r.implemented] == ["nil", "process"]
+    assert [r.name for r in reports if r.implemented] == ["nil", "process", "vm"]
     for backend in reports:
         assert backend.isolation
         assert backend.checks
@@ -481,7 +483,7 @@ def every_backend(**changes: Mapping[str, object]) -> list[BackendReport]:
 
 def test_most_isolating_prefers_hardware_backends_in_order() -> None:
     reports = every_backend()
-    expected = ["snp", "tdx", "sgx", "vm", "process", "nil"]
+    expected = ["snp", "tdx", "sgx", "process", "vm", "nil"]
     for name in expected:
         assert most_isolating_available(reports) == name
         reports = [r for r in reports if r.name != name]
@@ -489,12 +491,22 @@ def test_most_isolating_prefers_hardware_backends_in_order() -> None:
 
 def test_most_isolating_skips_unavailable_and_unimplemented_backends() -> None:
     reports = every_backend(
-        snp={"available": False}, tdx={"implemented": False}, sgx={"available": False}
+        snp={"available": False},
+        tdx={"implemented": False},
+        sgx={"available": False},
+        process={"available": False},
     )
     assert most_isolating_available(reports) == "vm"
 
 
-def test_most_isolating_ranks_a_tcg_vm_below_process_but_above_nil() -> None:
+def test_the_vm_backend_is_taken_only_when_asked_even_with_kvm() -> None:
+    """A VM boots per run: the default stays the process keep where it works."""
+    reports = every_backend(snp={"available": False}, tdx={"available": False})
+    reports = [r for r in reports if r.name != "sgx"]
+    assert most_isolating_available(reports) == "process"
+
+
+def test_most_isolating_ranks_a_tcg_vm_above_nil() -> None:
     tcg = {"accelerator": "tcg"}
     reports = every_backend(snp={"available": False}, tdx={"available": False}, vm=tcg)
     reports = [r for r in reports if r.name != "sgx"]
@@ -599,7 +611,7 @@ def test_platform_info_json_has_a_stable_shape() -> None:
             "checks",
         }
         assert isinstance(backend["available"], bool)
-        assert backend["implemented"] is (backend["name"] in ("nil", "process"))
+        assert backend["implemented"] is (backend["name"] in ("nil", "process", "vm"))
         for check in backend["checks"]:
             assert set(check) == {"name", "passed", "detail"}
             assert isinstance(check["passed"], bool)

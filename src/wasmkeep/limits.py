@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_LIMITS", "Limits"]
+__all__ = ["DEFAULT_LIMITS", "RUNTIME_ALLOWANCE", "Limits"]
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+
+#: Memory the keep runtime itself may use beyond the guest's linear memory:
+#: Python, wasmtime, and compiled code (a few times the module's size). The
+#: process keep limits itself to it; the VM keep's guest is given it.
+RUNTIME_ALLOWANCE = 512 * MiB
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ _COMMANDS = {
     "config": ("wasmkeep.cli.config_cmd", "config"),
     "attest": ("wasmkeep.cli.attest_cmd", "attest"),
     "steward": ("wasmkeep.cli.steward_cmd", "steward"),
+    "vm": ("wasmkeep.cli.vm_cmd", "vm"),
 }
 
 

@@ -16,13 +16,14 @@ from wasmkeep.errors import ConfigError, Interrupted
 
 if TYPE_CHECKING:
     from wasmkeep.host.executor import Executor
+    from wasmkeep.host.process_keep import ProcessKeepOptions
     from wasmkeep.keep.tls import KeepTls
     from wasmkeep.sallyport.types import KeepManifest
     from wasmkeep.workload import Workload
 
 __all__ = ["exit_code", "run"]
 
-BACKENDS = ("process", "nil")
+BACKENDS = ("process", "vm", "nil")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -122,6 +123,18 @@ def exit_code(status: int) -> int:
     metavar="auto|off|N",
     help="Run host and process keep on one CPU (they take turns): faster round trips.",
 )
+@click.option(
+    "--vm-image",
+    type=click.Path(file_okay=False),
+    help="The vm backend's keep image (default: built on first use; `wasmkeep vm build-image`).",
+)
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="The vm backend's accelerator; auto: KVM if it can run a guest here, else TCG.",
+)
 @click.option("--keep-test-hook", default="", hidden=True)
 @click.argument("module")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -140,6 +153,8 @@ def run(
     steward: str | None,
     steward_ca: str | None,
     pin_cpu: str,
+    vm_image: str | None,
+    accel: str,
     keep_test_hook: str,
     module: str,
     args: tuple[str, ...],
@@ -174,7 +189,7 @@ def run(
         executor.certificate_path = Path(cert_out)
     try:
         with _stop_on_signals():
-            if backend == "process":
+            if backend in ("process", "vm"):
                 from wasmkeep.host.process_keep import ProcessKeepOptions, run_in_process_keep
 
                 keep_options = ProcessKeepOptions(
@@ -184,7 +199,10 @@ def run(
                     test_hook=keep_test_hook,
                     pin_cpu=_parse_pin(pin_cpu),
                 )
-                status = run_in_process_keep(workload, manifest, executor, keep_options)
+                if backend == "vm":
+                    status = _run_in_vm(workload, manifest, executor, keep_options, vm_image, accel)
+                else:
+                    status = run_in_process_keep(workload, manifest, executor, keep_options)
             else:
                 # nil: the keep runtime runs in this process; its host is the executor.
                 from wasmkeep.keep.engine import ModuleCache
@@ -231,6 +249,36 @@ def _nil_tls(manifest: KeepManifest, executor: Executor, workload: Workload) -> 
     from wasmkeep.keep.tls import prepare_tls
 
     return prepare_tls(manifest)
+
+
+def _run_in_vm(
+    workload: Workload,
+    manifest: KeepManifest,
+    executor: Executor,
+    keep_options: ProcessKeepOptions,
+    vm_image: str | None,
+    accel: str,
+) -> int:
+    """The workload in a VM keep booted from the keep image (built on first use)."""
+    from pathlib import Path
+
+    from wasmkeep.cli.vm_cmd import build_progress
+    from wasmkeep.host.vm.image import VmImage, find_or_build_image
+    from wasmkeep.host.vm.launch import VmKeepOptions, run_in_vm_keep
+
+    if vm_image:
+        image = VmImage.load(Path(vm_image))
+    else:
+        with build_progress() as progress:
+            image = find_or_build_image(progress=progress)
+    options = VmKeepOptions(
+        keep=keep_options,
+        kernel=image.kernel,
+        initrd=image.initrd,
+        cmdline=image.cmdline,
+        accelerator=None if accel == "auto" else accel,
+    )
+    return run_in_vm_keep(workload, manifest, executor, options)
 
 
 def _default_backend() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["IMPLEMENTED_BACKENDS", "process_keep_unsupported"]
 
 #: Backends this version can run, most isolating first.
-IMPLEMENTED_BACKENDS = ("process", "nil")
+IMPLEMENTED_BACKENDS = ("process", "vm", "nil")
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _PR_GET_SECCOMP = 21

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from wasmkeep.alarm import raise_after
@@ -40,7 +41,13 @@ from wasmkeep.sallyport.codec import Kind
 from wasmkeep.sallyport.types import KeepManifest
 from wasmkeep.workload import Workload
 
-__all__ = ["ProcessKeepOptions", "run_in_process_keep"]
+__all__ = [
+    "ProcessKeepOptions",
+    "exit_status",
+    "make_boot",
+    "run_in_process_keep",
+    "serve_keep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,10 @@ class ProcessKeepOptions:
 
 
 class _Deadline(Exception):
+    pass
+
+
+class _BootDeadline(Exception):
     pass
 
 
@@ -114,7 +125,7 @@ def run_in_process_keep(
         if ending is None:
             keep_stderr.seek(0)
             raise KeepError(_death_message(returncode, keep_stderr.read()[-2000:]))
-    return _status(ending)
+    return exit_status(ending)
 
 
 def _serve_keep(
@@ -125,7 +136,13 @@ def _serve_keep(
     executor: Executor,
     options: ProcessKeepOptions,
 ) -> Exit:
-    boot = Boot(
+    boot = make_boot(workload, manifest, options)
+    return serve_keep(channel, boot, executor, timeout=options.timeout, stop=lambda: _stop(keep))
+
+
+def make_boot(workload: Workload, manifest: KeepManifest, options: ProcessKeepOptions) -> Boot:
+    """The BOOT a keep gets: the workload, its manifest and the limits."""
+    return Boot(
         name=workload.name,
         wasm=workload.wasm,
         manifest=manifest,
@@ -134,18 +151,40 @@ def _serve_keep(
         cpu_seconds=options.cpu_seconds,
         test_hook=options.test_hook,
     )
+
+
+def serve_keep(
+    channel: Channel,
+    boot: Boot,
+    executor: Executor,
+    *,
+    timeout: float | None,
+    stop: Callable[[], None],
+    boot_deadline: float | None = None,
+) -> Exit:
+    """Send BOOT, answer the keep's requests until its EXIT, and return it.
+
+    KeepVanished if the keep closes the channel first. The host enforces the
+    wall-clock limit too (`stop` ends the keep), a little after the keep's
+    own. `boot_deadline` (seconds) bounds how long the keep may take to take
+    BOOT (a VM boots first); WorkloadError, after `stop`, if it passes.
+    """
     try:
-        channel.send(Kind.BOOT, 0, 0, boot.encode())
+        with raise_after(boot_deadline, _BootDeadline):
+            channel.send(Kind.BOOT, 0, 0, boot.encode())
     except ChannelClosed as error:
         raise KeepVanished(str(error)) from None
+    except _BootDeadline:
+        stop()
+        raise KeepError(f"the keep did not start within {boot_deadline:g} s") from None
     try:
-        watchdog = None if options.timeout is None else options.timeout + TIMEOUT_GRACE
+        watchdog = None if timeout is None else timeout + TIMEOUT_GRACE
         with raise_after(watchdog, _Deadline):
             return serve(channel, executor)
     except _Deadline:
-        _stop(keep)
+        stop()
         raise WorkloadTimedOut(
-            f"the workload ran longer than its wall-clock limit of {options.timeout:g} s "
+            f"the workload ran longer than its wall-clock limit of {timeout:g} s "
             "and was stopped (blocked in a host call)"
         ) from None
 
@@ -185,7 +224,8 @@ def _wait(keep: subprocess.Popen[bytes]) -> int:
         return keep.wait()
 
 
-def _status(ending: Exit) -> int:
+def exit_status(ending: Exit) -> int:
+    """The run's exit status for a keep's EXIT, or the error it reports."""
     if ending.outcome is Outcome.EXITED:
         return ending.status
     if ending.outcome is Outcome.HOST_VIOLATION:

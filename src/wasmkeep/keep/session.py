@@ -37,16 +37,13 @@ from wasmkeep.errors import (
 from wasmkeep.keep.client import SallyportHost
 from wasmkeep.keep.engine import EngineSettings
 from wasmkeep.keep.runtime import PreparedRun, RunOptions
+from wasmkeep.limits import RUNTIME_ALLOWANCE
 from wasmkeep.sallyport.boot import Boot, Exit, Outcome, boot_payload_limit
 from wasmkeep.sallyport.channel import Channel
 from wasmkeep.sallyport.codec import Kind, ProtocolError
 from wasmkeep.workload import Workload
 
-__all__ = ["RUNTIME_ALLOWANCE", "KeepPlatform", "run_keep"]
-
-#: Memory the keep runtime itself may use beyond the guest's linear memory:
-#: Python, wasmtime, and compiled code (a few times the module's size).
-RUNTIME_ALLOWANCE = 512 << 20
+__all__ = ["KeepPlatform", "run_keep"]
 
 _OUTCOMES: tuple[tuple[type[WasmkeepError], Outcome], ...] = (
     (WorkloadError, Outcome.WORKLOAD_ERROR),

@@ -29,7 +29,7 @@ ISOLATION = {
 }
 
 #: Backends this version of wasmkeep can run workloads on.
-IMPLEMENTED = frozenset({"nil", "process"})
+IMPLEMENTED = frozenset({"nil", "process", "vm"})
 
 QEMU = "qemu-system-x86_64"
 TSM_REPORT_DIR = "sys/kernel/config/tsm/report"
