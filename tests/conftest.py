@@ -106,3 +106,10 @@ def example() -> Callable[[str], Path]:
 def backend(request: pytest.FixtureRequest) -> str:
     """The keeps every behaviour is tested on: they must agree."""
     return str(request.param)
+
+
+#: For the tests that also run in a VM keep (a boot each, seconds under TCG):
+#: `@ON_EVERY_KEEP` replaces the `backend` fixture's nil and process.
+ON_EVERY_KEEP = pytest.mark.parametrize(
+    "backend", ["nil", "process", pytest.param("vm", marks=pytest.mark.vm)]
+)

@@ -18,7 +18,12 @@ import pytest
 from tests.conftest import run_wasmkeep
 
 SUITE = Path(__file__).resolve().parent / "conformance" / "wasi-testsuite" / "tests"
-BACKENDS = ["nil", "process"]
+BACKENDS = [
+    "nil",
+    "process",
+    # A VM boot per test (about 9 s under TCG here).
+    pytest.param("vm", marks=pytest.mark.vm),
+]
 TESTS = sorted(SUITE.glob("*/testsuite/wasm32-wasip1/*.wasm"))
 
 
@@ -56,7 +61,7 @@ def test_wasi_testsuite(
         args += ["--env", f"{key}={value}"]
     args += [str(module), *spec.get("args", [])]
 
-    result = run_wasmkeep(args, timeout=120)
+    result = run_wasmkeep(args, timeout=300 if backend == "vm" else 120)
     detail = (
         f"exit {result.returncode}\nstdout: {result.stdout[-2000:]!r}\n"
         f"stderr: {result.stderr[-2000:]!r}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_wasmkeep
+from tests.conftest import ON_EVERY_KEEP, run_wasmkeep
 from tests.network import (
     TestCA,
     free_port,
@@ -70,6 +70,7 @@ def echo_server(
         yield port, s.cert
 
 
+@ON_EVERY_KEEP
 @pytest.mark.parametrize("echo_server", ["tcp"], indirect=True)
 def test_plain_tcp_echo(echo_server: tuple[int, Path]) -> None:
     port, _ = echo_server
@@ -79,6 +80,7 @@ def test_plain_tcp_echo(echo_server: tuple[int, Path]) -> None:
         )
 
 
+@ON_EVERY_KEEP
 def test_tls_echo_with_a_verified_certificate(echo_server: tuple[int, Path]) -> None:
     port, cert = echo_server
     with tls_client(cert, port) as connection:
@@ -122,6 +124,7 @@ def test_bad_peers_do_not_stop_the_keep(echo_server: tuple[int, Path]) -> None:
         assert echo_once(again, b"and again\n") == b"and again\n"
 
 
+@ON_EVERY_KEEP
 def test_curl_fetches_over_tls(example: Build, tmp_path: Path, backend: str) -> None:
     assert shutil.which("curl"), "curl is a test dependency (scripts/bootstrap installs it)"
     port = free_port()
@@ -252,6 +255,7 @@ def _run_client(
     )
 
 
+@ON_EVERY_KEEP
 def test_connect_verifies_the_server(
     example: Build, tmp_path: Path, backend: str, ca: TestCA
 ) -> None:

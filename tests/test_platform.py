@@ -116,7 +116,7 @@ def test_backends_are_reported_in_order_and_nil_process_and_vm_are_implemented(
 ) -> None:
     reports = probe_platform(tmp_path, stub_probes())
     assert [r.name for r in reports] == ["nil", "process", "vm", "snp", "tdx", "sgx"]
-    assert [r.name for r in reports if r.implemented] == ["nil", "process", "vm"]
+    assert [r.name for r in reports if r.implemented] == ["nil", "process", "vm", "snp", "tdx"]
     for backend in reports:
         assert backend.isolation
         assert backend.checks
@@ -296,14 +296,13 @@ def test_snp_host_needs_sev_snp_enabled(tmp_path: Path, value: str, enabled: boo
     snp = report(probe_platform(tmp_path, with_qemu()), "snp")
     assert checks(snp)["host: kvm_amd sev_snp"].passed is enabled
     assert checks(snp)["host: /dev/sev"].passed
-    assert snp.available is enabled
-    assert not snp.implemented
-    if enabled:
-        assert snp.summary == (
-            "supported here: this host can launch SEV-SNP guests; not implemented in this version"
-        )
-    else:
-        assert f"kvm_amd.sev_snp = {value}: not enabled" in snp.summary
+    # The snp backend runs in place, inside a guest: a host is not one. There
+    # the vm backend launches its keep as an SEV-SNP guest, and it says so.
+    assert not snp.available
+    assert snp.implemented
+    launches = "this host can launch SEV-SNP guests: `wasmkeep run --backend vm` launches"
+    assert snp.summary.startswith("unavailable: not a SEV-SNP guest (/dev/sev-guest is absent; ")
+    assert (launches in snp.summary) is enabled
 
 
 def test_snp_host_needs_dev_sev_and_kvm_that_runs_guests(tmp_path: Path) -> None:
@@ -334,10 +333,14 @@ def test_snp_guest_is_found_through_configfs_tsm(tmp_path: Path) -> None:
     assert list((tmp_path / "sys/kernel/config/tsm/report").iterdir()) == []
 
 
-def test_snp_guest_needs_the_tsm_report_interface(tmp_path: Path) -> None:
+def test_snp_guest_without_configfs_tsm_has_its_device(tmp_path: Path) -> None:
+    """/dev/sev-guest alone (Linux before 6.7) gives reports AMD's chain verifies."""
     make_tree(tmp_path, {"dev/sev-guest": ""})
     snp = report(probe_platform(tmp_path, stub_probes()), "snp")
-    assert not snp.available
+    assert snp.available
+    assert snp.summary == (
+        "usable: this machine is a SEV-SNP guest: the workload runs here, with SEV-SNP evidence"
+    )
     found = checks(snp)
     assert found["guest: /dev/sev-guest"].passed
     assert "is configfs mounted" in found["guest: configfs-tsm report interface"].detail
@@ -397,9 +400,12 @@ def test_tdx_guest_is_found_through_configfs_tsm(tmp_path: Path) -> None:
     assert not snp.available
 
 
-def test_tdx_guest_needs_dev_tdx_guest(tmp_path: Path) -> None:
+def test_tdx_guest_needs_its_device_or_configfs_tsm(tmp_path: Path) -> None:
     make_tree(tmp_path, {"sys/kernel/config/tsm/report/": ""})
     tdx = report(probe_platform(tmp_path, stub_probes(tsm_provider=tsm_reader("tdx_guest"))), "tdx")
+    assert tdx.available  # quotes come through configfs-tsm
+    assert not checks(tdx)["guest: /dev/tdx_guest"].passed
+    tdx = report(probe_platform(tmp_path / "nothing", stub_probes()), "tdx")
     assert not tdx.available
     assert "/dev/tdx_guest is absent" in tdx.summary
 
@@ -409,7 +415,8 @@ def test_tdx_host_needs_kvm_intel_tdx(tmp_path: Path, value: str, enabled: bool)
     make_tree(tmp_path, {"sys/module/kvm_intel/parameters/tdx": value, "dev/kvm": ""})
     tdx = report(probe_platform(tmp_path, with_qemu()), "tdx")
     assert checks(tdx)["host: kvm_intel tdx"].passed is enabled
-    assert tdx.available is enabled
+    assert not tdx.available  # a host, not a guest
+    assert ("this host can launch TDX guests" in tdx.summary) is enabled
 
 
 def test_tdx_host_without_qemu_is_unavailable(tmp_path: Path) -> None:
@@ -515,13 +522,20 @@ def test_most_isolating_ranks_a_tcg_vm_above_nil() -> None:
     assert most_isolating_available(without_process) == "vm"
 
 
-def test_most_isolating_is_process_on_this_version(tmp_path: Path) -> None:
+def test_most_isolating_is_process_on_an_snp_host(tmp_path: Path) -> None:
+    """An SNP host runs SNP guests through the vm backend; snp itself runs in place."""
     make_tree(
         tmp_path, {"dev/kvm": "", "dev/sev": "", "sys/module/kvm_amd/parameters/sev_snp": "Y"}
     )
     reports = probe_platform(tmp_path, with_qemu())
-    assert report(reports, "snp").available
+    assert all(c.passed for c in report(reports, "snp").checks if c.name.startswith("host: "))
+    assert not report(reports, "snp").available
     assert most_isolating_available(reports) == "process"
+
+
+def test_most_isolating_is_snp_inside_an_snp_guest(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"dev/sev-guest": ""})
+    assert most_isolating_available(probe_platform(tmp_path, stub_probes())) == "snp"
 
 
 def test_most_isolating_without_a_usable_backend_is_an_error() -> None:
@@ -611,7 +625,7 @@ def test_platform_info_json_has_a_stable_shape() -> None:
             "checks",
         }
         assert isinstance(backend["available"], bool)
-        assert backend["implemented"] is (backend["name"] in ("nil", "process", "vm"))
+        assert backend["implemented"] is (backend["name"] != "sgx")
         for check in backend["checks"]:
             assert set(check) == {"name", "passed", "detail"}
             assert isinstance(check["passed"], bool)

@@ -1,5 +1,6 @@
 """The same workload gives the same results on every keep: exit status, stdout
-and stderr byte for byte, and the same files left behind."""
+and stderr byte for byte, and the same files left behind (nil, process, and a
+VM keep, whose tests are marked `vm`)."""
 
 from __future__ import annotations
 
@@ -22,22 +23,27 @@ CASES = [
 ]
 
 
+KEEPS = ["process", pytest.param("vm", marks=pytest.mark.vm)]
+
+
+@pytest.mark.parametrize("other", KEEPS)
 @pytest.mark.parametrize(("source", "name", "args"), CASES, ids=str)
-def test_same_output_on_nil_and_process(
-    source: str, name: str, args: list[str], example: Build, workload: Build
+def test_same_output_as_on_nil(
+    source: str, name: str, args: list[str], other: str, example: Build, workload: Build
 ) -> None:
     module = str((example if source == "example" else workload)(name))
     results = [
-        run_wasmkeep(["run", "--backend", backend, "--env", "K=v", module, *args])
-        for backend in ("nil", "process")
+        run_wasmkeep(["run", "--backend", backend, "--env", "K=v", module, *args], timeout=300)
+        for backend in ("nil", other)
     ]
-    nil, process = ((r.returncode, r.stdout, r.stderr) for r in results)
-    assert nil == process
+    nil, keep = ((r.returncode, r.stdout, r.stderr) for r in results)
+    assert nil == keep
 
 
-def test_same_files_on_nil_and_process(example: Build, tmp_path: Path) -> None:
+@pytest.mark.parametrize("other", KEEPS)
+def test_same_files_as_on_nil(example: Build, tmp_path: Path, other: str) -> None:
     reports = []
-    for backend in ("nil", "process"):
+    for backend in ("nil", other):
         out = tmp_path / backend
         out.mkdir()
         result = run_wasmkeep(
@@ -52,7 +58,8 @@ def test_same_files_on_nil_and_process(example: Build, tmp_path: Path) -> None:
                 str(example("wordcount")),
                 "/data",
                 "/out/report.txt",
-            ]
+            ],
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr
         reports.append((result.stdout, (out / "report.txt").read_bytes()))

@@ -25,7 +25,7 @@ import wasmtime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.conftest import EXAMPLES, run_wasmkeep
+from tests.conftest import EXAMPLES, ON_EVERY_KEEP, run_wasmkeep
 from tests.network import Served, free_port
 from tests.network import serve as serve_workload
 from tests.test_steward import start_steward
@@ -145,6 +145,7 @@ def with_custom_section(module: Path, target: Path) -> Path:
 # -- the keep serves with the certificate the Steward issued --------------------------------------
 
 
+@ON_EVERY_KEEP
 def test_clients_trusting_only_the_steward_ca_reach_the_keep(
     example: Build,
     tmp_path: Path,
@@ -188,6 +189,7 @@ def test_clients_trusting_only_the_steward_ca_reach_the_keep(
     assert stdout == b""
 
 
+@ON_EVERY_KEEP
 def test_the_certificate_carries_the_verified_claims(
     example: Build,
     tmp_path: Path,
@@ -223,6 +225,7 @@ def test_the_certificate_carries_the_verified_claims(
 # -- refusals: no certificate, no workload ------------------------------------------------------
 
 
+@ON_EVERY_KEEP
 def test_another_workload_is_refused_under_a_pinned_digest(
     example: Build,
     tmp_path: Path,

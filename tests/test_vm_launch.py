@@ -29,7 +29,7 @@ def test_the_guest_gets_a_kernel_a_console_and_one_port() -> None:
     )
     text = " ".join(command)
     assert command[0] == "qemu-system-x86_64"
-    assert "-machine microvm," in text
+    assert "-machine q35,sata=off,smbus=off,usb=off,graphics=off,vmport=off " in text
     assert "-accel tcg -cpu max" in text
     assert "-m 700M" in text
     assert "-kernel /images/vmlinuz -initrd /images/initrd.img" in text
@@ -42,7 +42,7 @@ def test_the_guest_gets_a_kernel_a_console_and_one_port() -> None:
     for absent in ("-netdev", "-nic", "-net", "-drive", "-hda", "-virtfs", "-fsdev", "-vnc"):
         assert absent not in command
     assert [item for item in command if item.startswith("virtio-") or "virtserialport" in item] == [
-        "virtio-serial-device",
+        "virtio-serial-pci",
         "virtserialport,chardev=sallyport,name=sallyport",
     ]
     kvm = qemu_command(options(), "kvm", Path("/s"), Path("/c"), 700)

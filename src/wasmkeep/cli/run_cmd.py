@@ -7,6 +7,7 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
@@ -17,13 +18,16 @@ from wasmkeep.errors import ConfigError, Interrupted
 if TYPE_CHECKING:
     from wasmkeep.host.executor import Executor
     from wasmkeep.host.process_keep import ProcessKeepOptions
+    from wasmkeep.host.vm.confidential import ConfidentialChoice
     from wasmkeep.keep.tls import KeepTls
     from wasmkeep.sallyport.types import KeepManifest
     from wasmkeep.workload import Workload
 
 __all__ = ["exit_code", "run"]
 
-BACKENDS = ("process", "vm", "nil")
+BACKENDS = ("process", "vm", "snp", "tdx", "nil")
+#: Backends that are a process keep: on its own, or inside an SEV-SNP or TDX guest.
+_PROCESS_KEEPS = ("process", "snp", "tdx")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -135,6 +139,19 @@ def exit_code(status: int) -> int:
     show_default=True,
     help="The vm backend's accelerator; auto: KVM if it can run a guest here, else TCG.",
 )
+@click.option(
+    "--confidential",
+    type=click.Choice(["auto", "snp", "tdx", "off"]),
+    default="auto",
+    show_default=True,
+    help="Launch the vm backend's keep as an SEV-SNP or TDX guest; auto: when this host "
+    "supports one (`wasmkeep platform info`), QEMU is new enough and a firmware is found.",
+)
+@click.option(
+    "--firmware",
+    type=click.Path(dir_okay=False),
+    help="The measured firmware of a confidential vm keep (an OVMF built for SEV, or a TDVF).",
+)
 @click.option("--keep-test-hook", default="", hidden=True)
 @click.argument("module")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -155,6 +172,8 @@ def run(
     pin_cpu: str,
     vm_image: str | None,
     accel: str,
+    confidential: str,
+    firmware: str | None,
     keep_test_hook: str,
     module: str,
     args: tuple[str, ...],
@@ -165,6 +184,9 @@ def run(
     workload gets stdin, stdout and stderr, no environment and no files.
     With a Steward (--steward or the config's `steward`) the keep obtains
     its certificate before the workload starts, or the run fails (status 1).
+    --backend snp and tdx run the workload here, in a process keep, when
+    wasmkeep itself runs inside an SEV-SNP or TDX guest: its evidence then
+    comes from the hardware.
     """
     from wasmkeep.host.setup import prepare_host
     from wasmkeep.workload import Workload
@@ -179,6 +201,8 @@ def run(
         config = config.with_steward(steward, steward_ca)
         args = ()  # now part of the config
     workload = Workload.from_file(module)
+    if backend in ("snp", "tdx"):
+        _check_confidential_guest(backend)
     backend = backend or _default_backend()
     executor, manifest = prepare_host(
         config, module, args=args, export_fd_names=config_path is not None
@@ -189,7 +213,7 @@ def run(
         executor.certificate_path = Path(cert_out)
     try:
         with _stop_on_signals():
-            if backend in ("process", "vm"):
+            if backend in (*_PROCESS_KEEPS, "vm"):
                 from wasmkeep.host.process_keep import ProcessKeepOptions, run_in_process_keep
 
                 keep_options = ProcessKeepOptions(
@@ -198,9 +222,16 @@ def run(
                     cpu_seconds=cpu_time,
                     test_hook=keep_test_hook,
                     pin_cpu=_parse_pin(pin_cpu),
+                    backend=backend if backend in _PROCESS_KEEPS else "process",
                 )
                 if backend == "vm":
-                    status = _run_in_vm(workload, manifest, executor, keep_options, vm_image, accel)
+                    status = _run_in_vm(
+                        workload,
+                        manifest,
+                        executor,
+                        keep_options,
+                        _VmChoices(vm_image, accel, confidential, firmware),
+                    )
                 else:
                     status = run_in_process_keep(workload, manifest, executor, keep_options)
             else:
@@ -251,23 +282,35 @@ def _nil_tls(manifest: KeepManifest, executor: Executor, workload: Workload) -> 
     return prepare_tls(manifest)
 
 
+@dataclass(frozen=True)
+class _VmChoices:
+    """What the command line says about the vm backend."""
+
+    image: str | None
+    accel: str
+    confidential: str
+    firmware: str | None
+
+
 def _run_in_vm(
     workload: Workload,
     manifest: KeepManifest,
     executor: Executor,
     keep_options: ProcessKeepOptions,
-    vm_image: str | None,
-    accel: str,
+    choices: _VmChoices,
 ) -> int:
-    """The workload in a VM keep booted from the keep image (built on first use)."""
+    """The workload in a VM keep booted from the keep image (built on first
+    use), confidential when this host supports it (or when asked)."""
     from pathlib import Path
 
     from wasmkeep.cli.vm_cmd import build_progress
     from wasmkeep.host.vm.image import VmImage, find_or_build_image
-    from wasmkeep.host.vm.launch import VmKeepOptions, run_in_vm_keep
+    from wasmkeep.host.vm.launch import VmKeepOptions, require_qemu, run_in_vm_keep
 
-    if vm_image:
-        image = VmImage.load(Path(vm_image))
+    require_qemu()  # before building an image for nothing
+    chosen = _choose_confidential(choices)
+    if choices.image:
+        image = VmImage.load(Path(choices.image))
     else:
         with build_progress() as progress:
             image = find_or_build_image(progress=progress)
@@ -276,17 +319,74 @@ def _run_in_vm(
         kernel=image.kernel,
         initrd=image.initrd,
         cmdline=image.cmdline,
-        accelerator=None if accel == "auto" else accel,
+        accelerator=None if choices.accel == "auto" else choices.accel,
+        confidential=chosen.kind,
+        firmware=chosen.firmware,
     )
     return run_in_vm_keep(workload, manifest, executor, options)
 
 
+def _choose_confidential(choices: _VmChoices) -> ConfidentialChoice:
+    """SEV-SNP, TDX or an ordinary VM, as `--confidential` and this host say.
+
+    auto probes only a host whose kvm_amd.sev_snp or kvm_intel.tdx is on, so
+    an ordinary host pays nothing for it; never a warning (the workload's
+    stderr is the same on every keep): -v logs the choice and why.
+    """
+    import logging
+    from pathlib import Path
+
+    from wasmkeep.errors import BackendUnavailable
+    from wasmkeep.host.vm import confidential as cvm
+
+    requested = choices.confidential
+    firmware = Path(choices.firmware) if choices.firmware else None
+    if requested != "off" and choices.accel == "tcg":
+        if requested != "auto":
+            raise BackendUnavailable(
+                "a confidential VM keep needs KVM, and --accel tcg emulates",
+                hint="use --accel auto or kvm",
+            )
+        requested = "off"
+    if requested == "auto" and not cvm.host_flags():
+        chosen = cvm.ConfidentialChoice(
+            None, None, "an ordinary VM: neither kvm_amd.sev_snp nor kvm_intel.tdx is on"
+        )
+    else:
+        from wasmkeep.host.platform import probe_platform
+        from wasmkeep.host.vm.launch import QEMU
+
+        reports = probe_platform() if requested != "off" else []
+        version = cvm.qemu_version(QEMU) if requested != "off" else None
+        chosen = cvm.choose_confidential(requested, reports, version, firmware=firmware)
+    logging.getLogger("wasmkeep.cli.run").info("vm keep: %s", chosen.why)
+    return chosen
+
+
+def _check_confidential_guest(backend: str) -> None:
+    """BackendUnavailable unless this machine is the guest `--backend` names."""
+    from wasmkeep.errors import BackendUnavailable
+    from wasmkeep.host.backends import confidential_guest_unsupported
+
+    reason = confidential_guest_unsupported(backend)
+    if reason is not None:
+        guest = {"snp": "an SEV-SNP", "tdx": "a TDX"}[backend]
+        raise BackendUnavailable(
+            reason,
+            hint=f"--backend {backend} runs the workload in place, inside {guest} guest; on a "
+            "host that launches such guests, --backend vm makes its keep one; "
+            "`wasmkeep platform info` shows what this machine offers",
+        )
+
+
 def _default_backend() -> str:
-    from wasmkeep.host.backends import process_keep_unsupported
+    """process where the kernel allows it (snp or tdx inside such a guest: the
+    same keep, with hardware evidence), else nil with a warning."""
+    from wasmkeep.host.backends import confidential_guest, process_keep_unsupported
 
     reason = process_keep_unsupported()
     if reason is None:
-        return "process"
+        return confidential_guest() or "process"
     click.echo(
         f"wasmkeep: warning: running on the nil backend, without isolation: {reason} "
         "(see `wasmkeep platform info`)",

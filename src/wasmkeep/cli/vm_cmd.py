@@ -1,14 +1,18 @@
-"""`wasmkeep vm`: the VM keep's image (`vm build-image`).
+"""`wasmkeep vm`: the VM keep's image (`vm build-image`) and its expected
+SEV-SNP launch digest (`vm measure`).
 
 The image is a kernel and an initramfs holding Python, wasmtime and wasmkeep
 (`wasmkeep.host.vm.image`); `wasmkeep run --backend vm` builds it on first use,
 this command builds it ahead of time, or again (``--force``), or elsewhere
 (``--output``). Progress is drawn on stderr; the summary goes to stdout.
+`vm measure` computes the MEASUREMENT an SEV-SNP launch of the image will
+have (`wasmkeep.host.vm.measure`), for a Steward policy to pin.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,19 +21,21 @@ from typing import TYPE_CHECKING
 import click
 
 from wasmkeep.cli._errors import report_errors
+from wasmkeep.errors import ConfigError
 from wasmkeep.printable import escaped, shown
 
 if TYPE_CHECKING:
     import rich.progress
 
     from wasmkeep.host.vm.image import Progress, VmImage
+    from wasmkeep.host.vm.measure import SnpMeasurement
 
 __all__ = ["build_progress", "vm"]
 
 
 @click.group()
 def vm() -> None:
-    """The VM keep: its image of kernel and initramfs."""
+    """The VM keep: its image of kernel and initramfs, and its expected measurement."""
 
 
 @vm.command("build-image")
@@ -70,6 +76,116 @@ def build_image(
                 output, kernel=kernel, kernel_version=kernel_version, force=force, progress=progress
             )
     _print_summary(image, built, time.monotonic() - started)
+
+
+def _guest_features(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ConfigError(
+            f"--guest-features: expected a number such as 0x1, got {text!r:.40}"
+        ) from None
+
+
+@vm.command("measure")
+@click.option(
+    "--image",
+    "image_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The keep image (default: the one run --backend vm uses, built if missing).",
+)
+@click.option(
+    "--firmware",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The OVMF the guest boots, built for SEV (OvmfPkg/AmdSev); "
+    "default: the first of /usr/share/ovmf/OVMF.amdsev.fd and the like.",
+)
+@click.option(
+    "--vcpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="vCPUs of the launch (default: the keep's, 1).",
+)
+@click.option(
+    "--vcpu-type",
+    default=None,
+    metavar="MODEL",
+    help="QEMU's vCPU model of the launch (default: the keep's, EPYC-v4).",
+)
+@click.option(
+    "--guest-features",
+    default=None,
+    metavar="VALUE",
+    help="The VMSA's SEV features (default: 0x1, SNP active, as QEMU launches).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@report_errors
+def measure(
+    image_dir: Path | None,
+    firmware: Path | None,
+    vcpus: int | None,
+    vcpu_type: str | None,
+    guest_features: str | None,
+    as_json: bool,
+) -> None:
+    """Compute the SEV-SNP launch digest of the keep image (the report's
+    MEASUREMENT) with sev-snp-measure, for a Steward policy to pin. It covers
+    the firmware, the kernel, the initrd and the command line (through the
+    firmware's kernel-hashes page) and each vCPU's initial state."""
+    from wasmkeep.host.vm import confidential
+    from wasmkeep.host.vm.image import VmImage, find_or_build_image
+    from wasmkeep.host.vm.measure import measure_snp
+
+    # The firmware first: the image may have to be built.
+    if firmware is None:
+        firmware = confidential.find_firmware("snp")
+    else:
+        confidential.check_firmware("snp", firmware)
+    if image_dir is not None:
+        image = VmImage.load(image_dir, verify=True)
+    else:
+        with build_progress() as progress:
+            image = find_or_build_image(progress=progress)
+    result = measure_snp(
+        image,
+        firmware,
+        vcpus=confidential.SNP_VCPUS if vcpus is None else vcpus,
+        vcpu_type=vcpu_type or confidential.SNP_CPU,
+        guest_features=(
+            confidential.SNP_GUEST_FEATURES
+            if guest_features is None
+            else _guest_features(guest_features)
+        ),
+    )
+    if as_json:
+        click.echo(json.dumps(result.document(), indent=2))
+        return
+    _print_measurement(result)
+
+
+def _print_measurement(result: SnpMeasurement) -> None:
+    # Plain lines, never wrapped: the digest is there to be copied.
+    image = result.image
+    rows = [
+        ("measurement", result.hex),
+        ("image", shown(image.directory)),
+        ("kernel sha256", image.kernel_sha256),
+        ("initrd sha256", image.initrd_sha256),
+        ("cmdline", escaped(image.cmdline)),
+        ("firmware", shown(result.firmware)),
+        ("firmware sha256", result.firmware_sha256),
+        ("vCPUs", f"{result.vcpus} x {result.vcpu_type} (signature 0x{result.vcpu_signature:x})"),
+        ("guest features", f"0x{result.guest_features:x}"),
+        ("computed by", result.tool),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:<16} {value}")
+    click.echo(
+        "\nThe SEV-SNP launch of this image has this MEASUREMENT; a Steward whose "
+        "policy says\n\n"
+        f'[snp]\nmeasurements = ["{result.hex}"]\n\n'
+        "accepts the keep only if it was launched so."
+    )
 
 
 @contextlib.contextmanager

@@ -71,6 +71,9 @@ class ProcessKeepOptions:
     #: Run host and keep on one CPU: None leaves scheduling alone, -1 picks the
     #: CPU the host runs on now, n >= 0 names one.
     pin_cpu: int | None = -1
+    #: The keep's backend: "process", or "snp" / "tdx" when this host is itself
+    #: inside an SEV-SNP or TDX guest (its evidence then comes from the hardware).
+    backend: str = "process"
 
 
 class _Deadline(Exception):
@@ -99,6 +102,8 @@ def run_in_process_keep(
                     "wasmkeep.keep",
                     "--sallyport-fd",
                     str(keep_end.fileno()),
+                    "--backend",
+                    options.backend,
                 ],
                 pass_fds=(keep_end.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -161,17 +166,21 @@ def serve_keep(
     timeout: float | None,
     stop: Callable[[], None],
     boot_deadline: float | None = None,
+    until_taken: Callable[[], None] | None = None,
 ) -> Exit:
     """Send BOOT, answer the keep's requests until its EXIT, and return it.
 
     KeepVanished if the keep closes the channel first. The host enforces the
     wall-clock limit too (`stop` ends the keep), a little after the keep's
     own. `boot_deadline` (seconds) bounds how long the keep may take to take
-    BOOT (a VM boots first); WorkloadError, after `stop`, if it passes.
+    BOOT (a VM boots first): the send, then `until_taken` (which returns once
+    the keep has read it all); KeepError, after `stop`, if it passes.
     """
     try:
         with raise_after(boot_deadline, _BootDeadline):
             channel.send(Kind.BOOT, 0, 0, boot.encode())
+            if until_taken is not None:
+                until_taken()
     except ChannelClosed as error:
         raise KeepVanished(str(error)) from None
     except _BootDeadline:

@@ -41,7 +41,7 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -60,6 +60,7 @@ __all__ = [
     "SNP_GET_EXT_REPORT",
     "SNP_GET_REPORT",
     "TDX_CMD_GET_REPORT0",
+    "TSM_PROVIDERS",
     "TSM_REPORT_DIR",
     "CollectedEvidence",
     "CollectionError",
@@ -84,7 +85,8 @@ SEV_GUEST_DEVICE = "dev/sev-guest"
 TDX_GUEST_DEVICE = "dev/tdx_guest"
 #: Entries tried before giving up when other writers keep racing us.
 TSM_ATTEMPTS = 3
-_PROVIDERS = {"sev_guest": "snp", "tdx_guest": "tdx"}
+#: configfs-tsm providers wasmkeep knows, and the backend each is evidence for.
+TSM_PROVIDERS: Mapping[str, str] = {"sev_guest": "snp", "tdx_guest": "tdx"}
 _SMALL_ATTRIBUTE = 4096  # provider, generation: a line of text
 
 
@@ -215,11 +217,11 @@ def _tsm_once(
     ops.mkdir(entry)
     try:
         provider = ops.read(entry / "provider", _SMALL_ATTRIBUTE).decode("ascii", "replace").strip()
-        tee = _PROVIDERS.get(provider)
+        tee = TSM_PROVIDERS.get(provider)
         if tee is None:
             raise CollectionError(
                 f"configfs-tsm: provider {provider[:40]!r} is not one wasmkeep knows "
-                f"({', '.join(_PROVIDERS)})"
+                f"({', '.join(TSM_PROVIDERS)})"
             )
         # The generation counts every write to the entry: ours are inblob and
         # (maybe) privlevel. Any other count means someone else wrote too.

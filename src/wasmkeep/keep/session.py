@@ -24,6 +24,8 @@ reads source files the keep may no longer have).
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,8 +73,6 @@ class KeepPlatform:
     leave_files: Callable[[], None] = _nothing
     #: (sallyport fd, memory the keep may use, CPU seconds or None).
     seal: Callable[[int, int, int | None], None] = _no_seal
-    #: For the test suite only: what a compromised keep would try after sealing.
-    test_hook: Callable[[str], None] | None = None
 
 
 def run_keep(channel: Channel, platform: KeepPlatform) -> Exit:
@@ -140,7 +140,22 @@ def _keep(channel: Channel, platform: KeepPlatform) -> Exit:
         channel.fd, boot.max_memory + RUNTIME_ALLOWANCE + 4 * len(boot.wasm), boot.cpu_seconds
     )
     if boot.test_hook:
-        if platform.test_hook is None:
-            raise WorkloadError(f"this keep has no test hooks (asked for {boot.test_hook!r})")
-        platform.test_hook(boot.test_hook)
+        _test_hook(boot.test_hook)
     return Exit(Outcome.EXITED, prepared.run() & 0xFFFFFFFF)
+
+
+def _test_hook(action: str) -> None:
+    """For the test suite only: once sealed, try what a compromised keep
+    would. Each attempt must be refused or kill the keep (SIGSYS)."""
+    if action == "open":
+        os.open("/etc/passwd", os.O_RDONLY)
+    elif action == "socket":
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    elif action == "exec":
+        os.execv("/bin/sh", ["sh", "-c", "true"])  # noqa: S606 - the attempt is the test
+    elif action == "fork":
+        os.fork()
+    elif action == "write-stderr":
+        os.write(2, b"a keep may not write to anything but sallyport\n")
+    elif action != "none":
+        raise WorkloadError(f"unknown test hook {action!r}")

@@ -7,14 +7,21 @@ file system, no disk. The only way in or out is one virtio-serial port named
 
 1. mount /proc, /sys and /dev (devtmpfs): the kernel's view, nothing more;
 2. load the virtio modules the image lists in ``/etc/wasmkeep/modules`` (Debian's
-   kernel builds them as modules), in order;
+   kernel builds them as modules), in order; then those of
+   ``/etc/wasmkeep/confidential-modules`` that load (the SEV-SNP and TDX guest
+   drivers refuse to outside such a guest), and mount configfs if there is one;
 3. find the port named ``sallyport`` (``/sys/class/virtio-ports/*/name``) and
    open its device;
-4. run the keep session (`keep/session.py`) with the ``vm`` platform: the
+4. decide the keep's backend from what the guest kernel offers
+   (:func:`guest_backend`): ``snp`` or ``tdx`` in a confidential VM, whose
+   evidence then comes from the hardware or not at all, else ``vm``. The
+   host does not say: it could only lie, and a plain VM claiming to be
+   confidential would have no hardware evidence to show;
+5. run the keep session (`keep/session.py`) with the VM platform: the
    image's own files stay (they are what was measured); sealing applies the
    same limits, Landlock and seccomp as a process keep, as defence in depth
    behind the VM boundary;
-5. power the guest off, which ends qemu.
+6. power the guest off, which ends qemu.
 
 Anything that goes wrong before the channel exists is written to the console
 (the host shows its tail when the VM ends without an EXIT).
@@ -25,21 +32,41 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import NoReturn
 
+from wasmkeep.keep.evidence import (
+    SEV_GUEST_DEVICE,
+    TDX_GUEST_DEVICE,
+    TSM_PROVIDERS,
+    TSM_REPORT_DIR,
+    ConfigfsOps,
+    OsConfigfs,
+)
 from wasmkeep.keep.session import KeepPlatform, run_keep
 from wasmkeep.sallyport.channel import Channel, frame_payload_limit
 
-__all__ = ["MODULE_LIST", "PORT_NAME", "VM_KEEP", "find_port", "main"]
+__all__ = [
+    "CONFIDENTIAL_MODULE_LIST",
+    "MODULE_LIST",
+    "PORT_NAME",
+    "VM_KEEP",
+    "find_port",
+    "guest_backend",
+    "main",
+]
 
 #: The virtio-serial port the host names for sallyport (qemu: virtserialport,name=...).
 PORT_NAME = "sallyport"
 #: The kernel modules to load, one image path per line, in order.
 MODULE_LIST = Path("/etc/wasmkeep/modules")
+#: Kernel modules of a confidential guest, loaded when they can be.
+CONFIDENTIAL_MODULE_LIST = Path("/etc/wasmkeep/confidential-modules")
 #: How long to wait for the port to appear once its driver is loaded.
 PORT_WAIT = 10.0
 
@@ -68,20 +95,69 @@ def _mount_kernel_filesystems() -> None:
     _mount("devtmpfs", "/dev", "devtmpfs", _MS_NOSUID | _MS_NOEXEC)
 
 
-def _load_modules(listing: Path = MODULE_LIST) -> None:
+def _load_modules(listing: Path = MODULE_LIST, *, required: bool = True) -> None:
+    """Load the modules `listing` names, in order; without `required`, those
+    that do not load are passed over (a guest driver outside its guest)."""
     if not listing.exists():
         return
     for line in listing.read_text().splitlines():
         path = line.strip()
         if not path:
             continue
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            if required:
+                raise
+            continue
         try:
             result = _libc.syscall(_SYS_FINIT_MODULE, fd, b"", 0)
-            if result != 0 and ctypes.get_errno() != errno.EEXIST:  # EEXIST: built in
+            # EEXIST: built in, or loaded already.
+            if required and result != 0 and ctypes.get_errno() != errno.EEXIST:
                 _check(result, f"loading the kernel module {path}")
         finally:
             os.close(fd)
+
+
+def _mount_configfs() -> None:
+    """configfs at /sys/kernel/config, where configfs-tsm lives, if the kernel has it."""
+    with contextlib.suppress(OSError):
+        _mount("configfs", "/sys/kernel/config", "configfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+
+
+def guest_backend(root: Path = Path("/"), configfs: ConfigfsOps | None = None) -> str:
+    """The keep's backend, "snp", "tdx" or "vm": what the guest kernel offers.
+
+    configfs-tsm first: its provider (read from a fresh report entry, removed
+    again; no report is made) names the hardware. Then the guest devices,
+    /dev/sev-guest and /dev/tdx_guest. Nothing: an ordinary VM. `root` and
+    `configfs` are for tests (a fake tree, a fake configfs).
+    """
+    report_dir = root / TSM_REPORT_DIR
+    if report_dir.is_dir():
+        provider = _tsm_provider(configfs or OsConfigfs(), report_dir)
+        if provider is not None and provider in TSM_PROVIDERS:
+            return TSM_PROVIDERS[provider]
+    if (root / SEV_GUEST_DEVICE).exists():
+        return "snp"
+    if (root / TDX_GUEST_DEVICE).exists():
+        return "tdx"
+    return "vm"
+
+
+def _tsm_provider(ops: ConfigfsOps, report_dir: Path) -> str | None:
+    entry = report_dir / f"wasmkeep-backend-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        ops.mkdir(entry)
+    except OSError:
+        return None
+    try:
+        return ops.read(entry / "provider", 4096).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            ops.rmdir(entry)
 
 
 def find_port(name: str = PORT_NAME, sysfs: Path = Path("/sys"), dev: Path = Path("/dev")) -> Path:
@@ -138,10 +214,18 @@ def main() -> NoReturn:
     """/init: prepare the guest, serve one workload over sallyport, power off."""
     try:
         _mount_kernel_filesystems()
+        verbose = "wasmkeep.verbose" in Path("/proc/cmdline").read_text().split()
         _load_modules()
+        _load_modules(CONFIDENTIAL_MODULE_LIST, required=False)
+        _mount_configfs()
         fd = _open_port(time.monotonic() + PORT_WAIT)
     except OSError as error:
         _console(f"cannot reach the host: {error}")
         _power_off()
-    run_keep(Channel(fd, frame_payload_limit()), VM_KEEP)
+    platform = dataclasses.replace(VM_KEEP, backend=guest_backend())
+    if verbose:  # `wasmkeep.verbose` on the kernel command line: milestones on the console
+        _console(f"sallyport open; serving as a {platform.backend} keep")
+    ending = run_keep(Channel(fd, frame_payload_limit()), platform)
+    if verbose:
+        _console(f"sent EXIT ({ending.outcome.name}); powering off")
     _power_off()

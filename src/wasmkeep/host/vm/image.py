@@ -37,7 +37,9 @@ The layout inside the initramfs is a contract with the guest (`keep/vm.py`):
 - the virtio modules the guest needs to reach its virtio-serial port on either
   machine type (`VIRTIO_MODULES` and what they depend on; none that are built
   in) at ``/lib/modules/<version>/<path>.ko``, uncompressed, listed in load
-  order in ``/etc/wasmkeep/modules``;
+  order in ``/etc/wasmkeep/modules``; and those of `CONFIDENTIAL_MODULES` the
+  kernel has, the same way, listed in ``/etc/wasmkeep/confidential-modules``
+  (the guest loads each if it can: most refuse outside an SNP or TDX guest);
 - ``/etc/wasmkeep/image.json``: the versions of what the image holds;
 - the device nodes needed before devtmpfs is mounted (``/dev/console``: the
   kernel opens it for PID 1's stdin, stdout and stderr; ``/dev/urandom``:
@@ -91,6 +93,7 @@ from wasmkeep.printable import quote, shown
 __all__ = [
     "CACHED_IMAGES",
     "CMDLINE",
+    "CONFIDENTIAL_MODULES",
     "CTYPES_LIBRARIES",
     "DEFAULT_BOOT_DIR",
     "DEFAULT_MODULES_ROOT",
@@ -142,6 +145,7 @@ INIT_SCRIPT = (
 _GUEST_PYTHON = "/usr/bin/python3"
 _GUEST_SITE = "/usr/lib/wasmkeep/site-packages"
 _GUEST_MODULE_LIST = "/etc/wasmkeep/modules"
+_GUEST_CONFIDENTIAL_LIST = "/etc/wasmkeep/confidential-modules"
 _GUEST_MANIFEST = "/etc/wasmkeep/image.json"
 #: Device nodes needed before the guest mounts devtmpfs on /dev (which hides
 #: them): the kernel opens /dev/console for PID 1's stdin, stdout and stderr,
@@ -171,6 +175,11 @@ CTYPES_LIBRARIES: tuple[tuple[str, str], ...] = (("libseccomp.so.2", "libseccomp
 #: Kernel modules for a virtio-serial port on microvm (virtio-mmio) and on
 #: PCI machines (virtio-pci pulls in its modern and legacy helpers).
 VIRTIO_MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_pci", "virtio_console")
+#: Kernel modules through which an SEV-SNP or TDX guest asks for evidence:
+#: configfs and the configfs-tsm report interface (Linux 6.7+; tsm_report
+#: since 6.16), the guest drivers (/dev/sev-guest; /dev/tdx_guest, 6.2+).
+#: Taken when the kernel has them, never required.
+CONFIDENTIAL_MODULES = ("configfs", "tsm", "tsm_report", "sev_guest", "tdx_guest")
 
 DEFAULT_BOOT_DIR = Path("/boot")
 DEFAULT_MODULES_ROOT = Path("/lib/modules")
@@ -1004,9 +1013,12 @@ def _module_name(relative: str) -> str:
     return name.replace("-", "_")
 
 
-def _resolve_modules(modules_dir: Path, wanted: Sequence[str]) -> list[_KernelModule]:
+def _resolve_modules(
+    modules_dir: Path, wanted: Sequence[str], *, optional: bool = False
+) -> list[_KernelModule]:
     """`wanted` and what they depend on (modules.dep), dependencies first;
-    modules built into the kernel (modules.builtin) are left out."""
+    modules built into the kernel (modules.builtin) are left out, and with
+    `optional` so are those the kernel does not have."""
     dependencies: dict[str, list[str]] = {}
     by_name: dict[str, str] = {}
     for line in _read_text(modules_dir / "modules.dep").splitlines():
@@ -1042,7 +1054,7 @@ def _resolve_modules(modules_dir: Path, wanted: Sequence[str]) -> list[_KernelMo
         order.append(relative)
 
     for name in wanted:
-        if name in builtin:
+        if name in builtin or (optional and name not in by_name):
             continue
         if name not in by_name:
             raise VmImageError(
@@ -1097,18 +1109,29 @@ def _unzstd(path: Path, data: bytes) -> bytes:
     return completed.stdout
 
 
-def _modules(tree: _Tree, inputs: _Inputs, progress: Progress) -> list[str]:
+def _modules(tree: _Tree, inputs: _Inputs, progress: Progress) -> tuple[list[str], list[str]]:
+    """The guest paths of the required modules and of the confidential ones."""
     modules = _resolve_modules(inputs.modules_dir, VIRTIO_MODULES)
-    progress.step("adding kernel modules", len(modules))
-    guest_paths = []
-    for module in modules:
-        guest = f"/lib/modules/{inputs.kernel_version}/{module.image_relative}"
-        tree.add_file(guest, mode=stat.S_IFREG | 0o644, data=_module_bytes(module))
-        guest_paths.append(guest)
-        progress.advance()
-    listing = "".join(f"{path}\n" for path in guest_paths).encode()
-    tree.add_file(_GUEST_MODULE_LIST, mode=stat.S_IFREG | 0o644, data=listing)
-    return guest_paths
+    required = {module.relative for module in modules}
+    confidential = [
+        module
+        for module in _resolve_modules(inputs.modules_dir, CONFIDENTIAL_MODULES, optional=True)
+        if module.relative not in required
+    ]
+    progress.step("adding kernel modules", len(modules) + len(confidential))
+    listings: tuple[list[str], list[str]] = ([], [])
+    for group, paths, listing in (
+        (modules, listings[0], _GUEST_MODULE_LIST),
+        (confidential, listings[1], _GUEST_CONFIDENTIAL_LIST),
+    ):
+        for module in group:
+            guest = f"/lib/modules/{inputs.kernel_version}/{module.image_relative}"
+            tree.add_file(guest, mode=stat.S_IFREG | 0o644, data=_module_bytes(module))
+            paths.append(guest)
+            progress.advance()
+        data = "".join(f"{path}\n" for path in paths).encode()
+        tree.add_file(listing, mode=stat.S_IFREG | 0o644, data=data)
+    return listings
 
 
 def _json_bytes(document: Mapping[str, object]) -> bytes:
@@ -1169,12 +1192,13 @@ def _build(output_dir: Path, inputs: _Inputs, progress: Progress) -> VmImage:
     libraries = _libraries(tree, elf_files, progress)
     trust_store = _trust_store(tree)
     # 3. The kernel modules, and what the guest is told about itself.
-    modules = _modules(tree, inputs, progress)
+    modules, confidential_modules = _modules(tree, inputs, progress)
     python_version = platform.python_version()
     about = {
         "format": IMAGE_FORMAT,
         "kernel_version": inputs.kernel_version,
         "modules": modules,
+        "confidential_modules": confidential_modules,
         "packages": inputs.package_versions,
         "python": {
             "version": python_version,
@@ -1245,6 +1269,7 @@ def _build(output_dir: Path, inputs: _Inputs, progress: Progress) -> VmImage:
         "wasmkeep": wasmkeep.__version__,
         "packages": inputs.package_versions,
         "modules": modules,
+        "confidential_modules": confidential_modules,
         "libraries": libraries,
         "trust_store": trust_store,
     }
