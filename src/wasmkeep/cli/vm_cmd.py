@@ -211,21 +211,28 @@ def build_progress() -> Iterator[Progress]:
         console=Console(stderr=True, highlight=False),
     )
     adapter = _RichSteps(display)
-    with display:
-        try:
-            yield adapter
-        finally:
-            adapter.finish()
+    try:
+        yield adapter
+    finally:
+        adapter.finish()
+        if adapter.started:
+            display.stop()
 
 
 class _RichSteps:
-    """The builder's steps as rich tasks: each step done when the next begins."""
+    """The builder's steps as rich tasks: each step done when the next begins.
+    The display starts with the first step: nothing is drawn, not even a blank
+    line, when there is nothing to build (`run` uses it on every VM run)."""
 
     def __init__(self, display: rich.progress.Progress) -> None:
         self._display = display
         self._task: rich.progress.TaskID | None = None
+        self.started = False
 
     def step(self, name: str, total: int | None) -> None:
+        if not self.started:
+            self._display.start()
+            self.started = True
         self.finish()
         self._task = self._display.add_task(name, total=total)
 
