@@ -199,12 +199,15 @@ def run_in_vm_keep(
                 options, accelerator, socket_path, console_path, memory >> 20, sev_bits
             )
             log.debug("vm keep: %s", " ".join(command))
+            started = time.monotonic()
             qemu = _start(command, directory / "qemu.log")
             try:
                 connection = _accept(listener, qemu)
             except BaseException:
                 _stop(qemu)
                 raise
+            # Phases from qemu's start, for benchmarks/vm.py (it parses these lines).
+            log.debug("vm keep: qemu connected after %.2f s", time.monotonic() - started)
         finally:
             listener.close()
         channel = Channel(connection.detach(), frame_payload_limit(executor.limits))
@@ -216,8 +219,9 @@ def run_in_vm_keep(
                 timeout=options.keep.timeout,
                 stop=lambda: _stop(qemu),
                 boot_deadline=BOOT_TIMEOUT[accelerator],
-                until_taken=lambda: _drained(channel.fd, qemu),
+                until_taken=lambda: _drained(channel.fd, qemu, started),
             )
+            log.debug("vm keep: EXIT after %.2f s", time.monotonic() - started)
         except KeepVanished:
             ending = None
         except BaseException:
@@ -234,14 +238,16 @@ def run_in_vm_keep(
     return exit_status(ending)
 
 
-def _drained(fd: int, qemu: subprocess.Popen[bytes]) -> None:
+def _drained(fd: int, qemu: subprocess.Popen[bytes], started: float) -> None:
     """Return once qemu has read everything sent on `fd`. qemu reads from the
     socket only as the guest takes bytes from its port, so this is when the
-    guest has booted and read BOOT (or qemu has ended: the channel says so)."""
+    guest has booted and read BOOT (or qemu has ended: the channel says so).
+    `started`: when qemu was started (time.monotonic), for the debug log."""
     unread = array.array("i", [0])
     while qemu.poll() is None:
         fcntl.ioctl(fd, termios.TIOCOUTQ, unread)  # SIOCOUTQ: bytes the peer has not read
         if unread[0] == 0:
+            log.debug("vm keep: the guest took BOOT after %.2f s", time.monotonic() - started)
             return
         time.sleep(0.02)
 
