@@ -18,7 +18,6 @@ from wasmkeep.errors import ConfigError, Interrupted
 if TYPE_CHECKING:
     from wasmkeep.host.executor import Executor
     from wasmkeep.host.process_keep import ProcessKeepOptions
-    from wasmkeep.host.vm.confidential import ConfidentialChoice
     from wasmkeep.keep.tls import KeepTls
     from wasmkeep.sallyport.types import KeepManifest
     from wasmkeep.workload import Workload
@@ -304,11 +303,13 @@ def _run_in_vm(
     from pathlib import Path
 
     from wasmkeep.cli.vm_cmd import build_progress
+    from wasmkeep.host.vm.confidential import choose_for_run
     from wasmkeep.host.vm.image import VmImage, find_or_build_image
     from wasmkeep.host.vm.launch import VmKeepOptions, require_qemu, run_in_vm_keep
 
     require_qemu()  # before building an image for nothing
-    chosen = _choose_confidential(choices)
+    firmware = Path(choices.firmware) if choices.firmware else None
+    chosen = choose_for_run(choices.confidential, choices.accel, firmware)
     if choices.image:
         image = VmImage.load(Path(choices.image))
     else:
@@ -324,43 +325,6 @@ def _run_in_vm(
         firmware=chosen.firmware,
     )
     return run_in_vm_keep(workload, manifest, executor, options)
-
-
-def _choose_confidential(choices: _VmChoices) -> ConfidentialChoice:
-    """SEV-SNP, TDX or an ordinary VM, as `--confidential` and this host say.
-
-    auto probes only a host whose kvm_amd.sev_snp or kvm_intel.tdx is on, so
-    an ordinary host pays nothing for it; never a warning (the workload's
-    stderr is the same on every keep): -v logs the choice and why.
-    """
-    import logging
-    from pathlib import Path
-
-    from wasmkeep.errors import BackendUnavailable
-    from wasmkeep.host.vm import confidential as cvm
-
-    requested = choices.confidential
-    firmware = Path(choices.firmware) if choices.firmware else None
-    if requested != "off" and choices.accel == "tcg":
-        if requested != "auto":
-            raise BackendUnavailable(
-                "a confidential VM keep needs KVM, and --accel tcg emulates",
-                hint="use --accel auto or kvm",
-            )
-        requested = "off"
-    if requested == "auto" and not cvm.host_flags():
-        chosen = cvm.ConfidentialChoice(
-            None, None, "an ordinary VM: neither kvm_amd.sev_snp nor kvm_intel.tdx is on"
-        )
-    else:
-        from wasmkeep.host.platform import probe_platform
-        from wasmkeep.host.vm.launch import QEMU
-
-        reports = probe_platform() if requested != "off" else []
-        version = cvm.qemu_version(QEMU) if requested != "off" else None
-        chosen = cvm.choose_confidential(requested, reports, version, firmware=firmware)
-    logging.getLogger("wasmkeep.cli.run").info("vm keep: %s", chosen.why)
-    return chosen
 
 
 def _check_confidential_guest(backend: str) -> None:

@@ -36,6 +36,7 @@ are tested as text.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import struct
@@ -68,6 +69,7 @@ __all__ = [
     "SevBits",
     "check_firmware",
     "choose_confidential",
+    "choose_for_run",
     "confidential_args",
     "find_firmware",
     "host_flags",
@@ -416,3 +418,33 @@ def choose_confidential(
 
 def _article(kind: str) -> str:
     return "an" if kind == "snp" else "a"
+
+
+def choose_for_run(requested: str, accel: str, firmware: Path | None) -> ConfidentialChoice:
+    """What `run --backend vm --confidential REQUESTED --accel ACCEL` launches:
+    SEV-SNP, TDX or an ordinary VM (BackendUnavailable if asked for what cannot be).
+
+    auto probes only a host whose kvm_amd.sev_snp or kvm_intel.tdx is on, so
+    an ordinary host pays nothing for it; never a warning (the workload's
+    stderr is the same on every keep): -v logs the choice and why.
+    """
+    if requested != "off" and accel == "tcg":
+        if requested != "auto":
+            raise BackendUnavailable(
+                "a confidential VM keep needs KVM, and --accel tcg emulates",
+                hint="use --accel auto or kvm",
+            )
+        requested = "off"
+    if requested == "auto" and not host_flags():
+        chosen = ConfidentialChoice(
+            None, None, "an ordinary VM: neither kvm_amd.sev_snp nor kvm_intel.tdx is on"
+        )
+    else:
+        from wasmkeep.host.platform import probe_platform
+        from wasmkeep.host.vm.launch import QEMU
+
+        reports = probe_platform() if requested != "off" else []
+        version = qemu_version(QEMU) if requested != "off" else None
+        chosen = choose_confidential(requested, reports, version, firmware=firmware)
+    logging.getLogger("wasmkeep.cli.run").info("vm keep: %s", chosen.why)
+    return chosen
