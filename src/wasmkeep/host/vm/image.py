@@ -80,7 +80,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -679,6 +679,38 @@ def _file_mode(host_mode: int) -> int:
     return stat.S_IFREG | (0o755 if host_mode & stat.S_IXUSR else 0o644)
 
 
+def _follow(path: str, visit: Callable[[str, bool], str | None], too_many: str) -> str:
+    """Walk the absolute `path` one name at a time from "/", following links.
+
+    `visit(candidate, last)` looks at each step (`last`: no name follows it)
+    and returns a link's target, which is spliced into the rest of the walk,
+    or None to step into `candidate`. Returns where the walk ends; more than
+    `_SYMLINK_HOPS` links is VmImageError(`too_many`).
+    """
+    pending = [part for part in path.split("/") if part]
+    current = "/"
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = parent_of(current)
+            continue
+        candidate = _join(current, name)
+        target = visit(candidate, not pending)
+        if target is None:
+            current = candidate
+            continue
+        hops += 1
+        if hops > _SYMLINK_HOPS:
+            raise VmImageError(too_many)
+        pending = [part for part in target.split("/") if part] + pending
+        if target.startswith("/"):
+            current = "/"
+    return current
+
+
 class _Tree:
     """The initramfs being assembled: path -> entry, symbolic links included.
 
@@ -692,7 +724,7 @@ class _Tree:
         self.entries: dict[str, CpioEntry] = {}
 
     def add_dir(self, path: str, mode: int = 0o755) -> str:
-        real = _join(self._real_dir(parent_of(path)), path.rsplit("/", 1)[1])
+        real = self._real_path(path)
         existing = self.entries.get(real)
         if existing is None:
             self._put(CpioEntry(real, stat.S_IFDIR | mode))
@@ -705,81 +737,56 @@ class _Tree:
     def add_file(
         self, path: str, *, mode: int, data: bytes | None = None, source: Path | None = None
     ) -> str:
-        real = _join(self._real_dir(parent_of(path)), path.rsplit("/", 1)[1])
+        real = self._real_path(path)
         self._put(CpioEntry(real, mode, data=data, source=source))
         return real
 
     def add_device(self, path: str, mode: int, rdev: tuple[int, int]) -> str:
-        real = _join(self._real_dir(parent_of(path)), path.rsplit("/", 1)[1])
+        real = self._real_path(path)
         self._put(CpioEntry(real, mode, rdev=rdev))
         return real
 
     def mirror(self, host_path: str) -> str:
         """Copy the host file at `host_path` to the same path in the image,
         with the links on the way; return its real path."""
-        pending = [part for part in host_path.split("/") if part]
-        current = "/"
-        hops = 0
-        while pending:
-            name = pending.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                current = parent_of(current)
-                continue
-            candidate = _join(current, name)
+
+        def visit(candidate: str, last: bool) -> str | None:
             try:
                 info = os.lstat(candidate)
             except OSError as error:
                 raise VmImageError(f"cannot copy {shown(host_path)}: {error.strerror}") from None
             if stat.S_ISLNK(info.st_mode):
-                hops += 1
-                if hops > _SYMLINK_HOPS:
-                    raise VmImageError(f"cannot copy {shown(host_path)}: too many links")
                 target = os.readlink(candidate)
                 self._put(CpioEntry(candidate, stat.S_IFLNK | 0o777, data=target.encode()))
-                pending = [part for part in target.split("/") if part] + pending
-                if target.startswith("/"):
-                    current = "/"
-                continue
+                return target
             if stat.S_ISDIR(info.st_mode):
                 self._put(CpioEntry(candidate, stat.S_IFDIR | 0o755))
-            elif stat.S_ISREG(info.st_mode) and not pending:
+            elif stat.S_ISREG(info.st_mode) and last:
                 self._put(CpioEntry(candidate, _file_mode(info.st_mode), source=Path(candidate)))
             else:
                 raise VmImageError(f"cannot copy {shown(host_path)}: {candidate} is not a file")
-            current = candidate
-        return current
+            return None
+
+        return _follow(host_path, visit, f"cannot copy {shown(host_path)}: too many links")
+
+    def _real_path(self, path: str) -> str:
+        """Where `path` lands in the image: its directory's links resolved."""
+        return _join(self._real_dir(parent_of(path)), path.rsplit("/", 1)[1])
 
     def _real_dir(self, path: str) -> str:
         """`path` with the image's links resolved; missing directories are made."""
-        pending = [part for part in path.split("/") if part]
-        current = "/"
-        hops = 0
-        while pending:
-            name = pending.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                current = parent_of(current)
-                continue
-            candidate = _join(current, name)
+
+        def visit(candidate: str, last: bool) -> str | None:
             entry = self.entries.get(candidate)
             if entry is None:
                 self._put(CpioEntry(candidate, stat.S_IFDIR | 0o755))
             elif entry.is_symlink:
-                hops += 1
-                if hops > _SYMLINK_HOPS:
-                    raise VmImageError(f"image: too many links in {path}")
-                target = (entry.data or b"").decode()
-                pending = [part for part in target.split("/") if part] + pending
-                if target.startswith("/"):
-                    current = "/"
-                continue
+                return (entry.data or b"").decode()
             elif not entry.is_dir:
                 raise VmImageError(f"image: {candidate} is a file, not a directory")
-            current = candidate
-        return current
+            return None
+
+        return _follow(path, visit, f"image: too many links in {path}")
 
     def _put(self, entry: CpioEntry) -> None:
         existing = self.entries.get(entry.path)
